@@ -1,0 +1,205 @@
+"""RNN-LM model configuration: the single source of truth for the architecture."""
+
+from transformers import PretrainedConfig
+
+
+# Kept in one place so the error messages and the model agree on what exists.
+CELL_TYPES = ("rnn", "lstm", "gru")
+NONLINEARITIES = ("tanh", "relu")
+POOLING_TYPES = ("last", "mean", "max")
+
+
+class RNNLMConfig(PretrainedConfig):
+    r"""
+    Configuration of an [`RNNLMModel`]: a stack of recurrent layers over word embeddings, the classic RNN language
+    model (Elman 1990; Mikolov et al. 2010), its gated variants LSTM (Hochreiter & Schmidhuber 1997) and GRU
+    (Cho et al. 2014), and the same encoder reused for token and sequence classification.
+
+    The `rnn` cell is the lecture's equation `h_t = f(W_h h_{t-1} + W_e e_t + b)` with `f` = `rnn_nonlinearity`.
+
+    Args:
+        vocab_size (`int`, *optional*, defaults to 10000):
+            Number of tokens in the vocabulary (PTB's classic 10k by default).
+        hidden_size (`int`, *optional*, defaults to 256):
+            Size of the recurrent state `h_t` of every layer (per direction when `bidirectional`).
+        embedding_size (`int`, *optional*):
+            Size of the input word embeddings `e_t`. `None` means `hidden_size`.
+        num_hidden_layers (`int`, *optional*, defaults to 2):
+            Number of stacked recurrent layers.
+        cell_type (`str`, *optional*, defaults to `"lstm"`):
+            One of `"rnn"` (Elman), `"lstm"` or `"gru"`.
+        rnn_nonlinearity (`str`, *optional*, defaults to `"tanh"`):
+            `f` of the `rnn` cell, `"tanh"` or `"relu"`. Ignored by LSTM and GRU, whose gates fix their own.
+        bidirectional (`bool`, *optional*, defaults to `False`):
+            Read the sequence in both directions. Only for the encoder, tagging and classification heads: a causal
+            language model must not see the future, and a bidirectional model has no generation cache.
+        dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the embeddings, between recurrent layers and on the last layer's output (Zaremba et al. 2014
+            apply it to every non-recurrent connection). In `[0, 1)`.
+        output_projection (`bool`, *optional*, defaults to `True`):
+            When `embedding_size != hidden_size`, project the last hidden state to `embedding_size` before the output
+            layer, so the output layer can share the input embedding matrix.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`):
+            Share the input embedding and output softmax weights (Press & Wolf 2017; Inan et al. 2017). Needs the
+            output layer's input size to equal `embedding_size`: equal sizes, or `output_projection=True`.
+        initializer_range (`float`, *optional*, defaults to 0.1):
+            Embeddings and output layer are drawn from `uniform(-initializer_range, initializer_range)`, the classic
+            RNN-LM init (Zaremba et al. 2014 use 0.1 for the small model).
+        init_recurrent_uniform (`bool`, *optional*, defaults to `False`):
+            Draw the recurrent weights from the same uniform as well (the Zaremba recipe) instead of
+            xavier-uniform input weights and orthogonal recurrent weights.
+        classifier_dropout (`float`, *optional*):
+            Dropout before the tagging/classification layer. `None` means `dropout`.
+        classifier_pooling (`str`, *optional*, defaults to `"last"`):
+            How the sequence head summarises a sentence: `"last"` (state at the last real token; with
+            `bidirectional`, concatenated with the backward state at the first real token), `"mean"` or `"max"` over
+            the real tokens.
+        use_cache (`bool`, *optional*, defaults to `True`):
+            Return the recurrent state so generation costs one step per new token.
+        pad_token_id (`int`, *optional*, defaults to 0):
+            Padding token id.
+        bos_token_id (`int`, *optional*, defaults to 1):
+            Beginning-of-sequence token id.
+        eos_token_id (`int`, *optional*, defaults to 2):
+            End-of-sequence token id (also the end-of-line token of PTB-style corpora).
+
+    Example:
+
+    ```python
+    >>> from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
+
+    >>> config = RNNLMConfig(vocab_size=10000, hidden_size=200, num_hidden_layers=2, cell_type="lstm")
+    >>> model = RNNLMForCausalLM(config)
+    >>> model.config.cell_type
+    'lstm'
+    ```
+    """
+
+    model_type = "rnn_lm"
+    # The recurrent state is generation-time only: Trainer.predict must not try to gather it.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 10000,
+        hidden_size: int = 256,
+        embedding_size: int | None = None,
+        num_hidden_layers: int = 2,
+        cell_type: str = "lstm",
+        rnn_nonlinearity: str = "tanh",
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        output_projection: bool = True,
+        tie_word_embeddings: bool = True,
+        initializer_range: float = 0.1,
+        init_recurrent_uniform: bool = False,
+        classifier_dropout: float | None = None,
+        classifier_pooling: str = "last",
+        use_cache: bool = True,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.embedding_size = embedding_size
+        self.num_hidden_layers = num_hidden_layers
+        self.cell_type = cell_type
+        self.rnn_nonlinearity = rnn_nonlinearity
+        self.bidirectional = bidirectional
+        self.dropout = dropout
+        self.output_projection = output_projection
+        self.tie_word_embeddings = tie_word_embeddings
+        self.initializer_range = initializer_range
+        self.init_recurrent_uniform = init_recurrent_uniform
+        self.classifier_dropout = classifier_dropout
+        self.classifier_pooling = classifier_pooling
+        self.use_cache = use_cache
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        super().__init__(**kwargs)
+        self.check_architecture()
+
+    def check_architecture(self) -> None:
+        """Raise a `ValueError` naming the field and its allowed values for any impossible architecture."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers"):
+            _check_positive_int(name, getattr(self, name))
+        if self.embedding_size is not None:
+            _check_positive_int("embedding_size", self.embedding_size)
+        _check_choice("cell_type", self.cell_type, CELL_TYPES)
+        _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
+        _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
+        _check_probability("dropout", self.dropout)
+        if self.classifier_dropout is not None:
+            _check_probability("classifier_dropout", self.classifier_dropout)
+        if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
+            raise ValueError(f"`initializer_range` must be a positive number, got {self.initializer_range!r}.")
+        if self.tie_word_embeddings and self.lm_input_size != self.input_size:
+            raise ValueError(
+                f"`tie_word_embeddings=True` cannot work: the output layer reads {self.lm_input_size} features but the "
+                f"embedding has {self.input_size}. Allowed: embedding_size == hidden_size, or output_projection=True, "
+                "or tie_word_embeddings=False."
+            )
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            token_id = getattr(self, name)
+            if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
+                raise ValueError(f"`{name}` must be an int in [0, vocab_size={self.vocab_size}) or None, got {token_id!r}.")
+
+    def check_causal_lm(self) -> None:
+        """A causal LM reads left to right only: called by the LM head, so encoders may stay bidirectional."""
+        if self.bidirectional:
+            raise ValueError(
+                "`bidirectional=True` is not allowed for a causal language model (it would see the next token). "
+                "Allowed: bidirectional=False for RNNLMForCausalLM; bidirectional=True only for RNNLMModel, "
+                "RNNLMForTokenClassification and RNNLMForSequenceClassification."
+            )
+
+    # Derived values, computed here once so modules never re-derive them.
+    @property
+    def input_size(self) -> int:
+        """Width of the embeddings fed to the first recurrent layer."""
+        return self.embedding_size if self.embedding_size is not None else self.hidden_size
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """Width of every recurrent layer's output (both directions concatenated)."""
+        return self.hidden_size * self.num_directions
+
+    @property
+    def lm_input_size(self) -> int:
+        """Width of the features the LM output layer reads (after the optional projection)."""
+        return self.input_size if self.output_projection else self.output_size
+
+    @property
+    def num_states(self) -> int:
+        """Recurrent state tensors per layer: (h, c) for LSTM, h otherwise."""
+        return 2 if self.cell_type == "lstm" else 1
+
+    @property
+    def layer_types(self) -> list[str]:
+        # `DynamicCache(config=...)` reads this to build one recurrent (linear-attention) cache layer per layer.
+        return ["linear_attention"] * self.num_hidden_layers
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}.")
+
+
+def _check_probability(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"`{name}` must be a float in [0, 1), got {value!r}.")
+
+
+__all__ = ["RNNLMConfig"]

@@ -1,0 +1,505 @@
+"""Recurrent language models (Elman RNN, LSTM, GRU) as transformers models.
+
+One file, importing only torch, transformers and the sibling config, so `save_pretrained` can ship it as Hub code.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_rnn_lm import RNNLMConfig
+
+
+logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the cache kwarg/output field `past_key_values` -> `cache`; earlier 5.x use the old name.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
+RNN_CLASSES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def accepts_legacy_cache_names(forward):
+    """On 5.24+, `past_key_values`/`cache_params` are deprecated aliases of `cache` (warned, renamed)."""
+    if CACHE_FIELD == "cache":
+        for old_name in LEGACY_CACHE_NAMES:
+            forward = deprecate_kwarg(old_name, version="5.40.0", new_name="cache")(forward)
+    return forward
+
+
+def pop_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
+    # Older transformers' generate() passes `past_key_values=`; the decorator above only renames on 5.24+.
+    for old_name in LEGACY_CACHE_NAMES:
+        legacy = kwargs.pop(old_name, None)
+        cache = legacy if cache is None else cache
+    return cache
+
+
+@dataclass
+class RNNLMModelOutput(BaseModelOutputWithPast):
+    r"""
+    final_states (`tuple(torch.FloatTensor)`, one per layer):
+        Each layer's state after the last real token of every row, shape
+        `(batch_size, num_states * num_directions, hidden_size)`: `h` per direction, then `c` per direction for LSTM.
+        With `bidirectional`, the backward `h` is the state after reading back to the first real token.
+    """
+
+    final_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class PaddingPacker:
+    """Runs padded batches as packed sequences, so padding never enters the recurrent state wherever it sits.
+
+    Real tokens of every row are moved to the front (stable, so their order is kept), packed for cuDNN, and the
+    outputs are scattered back to their original positions with zeros at the pads. This handles left padding
+    (batched generation), right padding (classification batches) and holes alike.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor):
+        mask = attention_mask.bool()  # (batch, seq_len)
+        self.seq_len = mask.shape[1]
+        self.lengths = mask.sum(dim=1)  # (batch,)
+        self.empty = self.lengths == 0  # rows with no real token keep their state untouched
+        self.order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (batch, seq_len) real first
+
+    def pack(self, x: torch.Tensor) -> PackedSequence:
+        x = x.gather(1, self.order.unsqueeze(-1).expand_as(x))
+        # pack_padded_sequence rejects empty rows: run them on one dummy step, undone in `unpack`/`final_state`.
+        lengths = self.lengths.clamp(min=1).cpu()
+        return pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+
+    def unpack(self, packed: PackedSequence) -> torch.Tensor:
+        x, _ = pad_packed_sequence(packed, batch_first=True, total_length=self.seq_len)  # (batch, seq_len, dim)
+        x = x.masked_fill(self.empty[:, None, None], 0.0)
+        return torch.zeros_like(x).scatter(1, self.order.unsqueeze(-1).expand_as(x), x)
+
+    def final_state(self, new: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
+        old = torch.zeros_like(new) if old is None else old
+        return torch.where(self.empty[:, None, None], old, new)
+
+
+def map_features(fn, x: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
+    """Apply a per-token function (dropout) to a tensor or to the data of a packed sequence."""
+    return x._replace(data=fn(x.data)) if isinstance(x, PackedSequence) else fn(x)
+
+
+class RNNLMLayer(GradientCheckpointingLayer):
+    """One recurrent layer. Layers are separate modules so every layer's hidden states can be returned."""
+
+    def __init__(self, config: RNNLMConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.cell_type = config.cell_type
+        self.num_directions = config.num_directions
+        extra = {"nonlinearity": config.rnn_nonlinearity} if config.cell_type == "rnn" else {}
+        self.rnn = RNN_CLASSES[config.cell_type](
+            input_size=config.input_size if layer_idx == 0 else config.output_size,
+            hidden_size=config.hidden_size,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+            **extra,
+        )
+
+    def forward(
+        self, hidden_states: torch.Tensor | PackedSequence, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
+        # hidden_states: (batch, seq_len, input_size) or packed; state: (batch, num_states * num_directions, hidden)
+        hx = None
+        if state is not None:
+            hx = state.transpose(0, 1).contiguous()  # torch layout: (num_states * num_directions, batch, hidden)
+            if self.cell_type == "lstm":
+                hx = (hx[: self.num_directions].contiguous(), hx[self.num_directions :].contiguous())
+        output, hx = self.rnn(hidden_states, hx)
+        hx = torch.cat(hx, dim=0) if self.cell_type == "lstm" else hx
+        return output, hx.transpose(0, 1)
+
+
+class RNNLMPreTrainedModel(PreTrainedModel):
+    config_class = RNNLMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RNNLMLayer"]
+    # The state cannot be rolled back token by token: generate() then refuses assisted decoding cleanly.
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Through `transformers.initialization`, which skips tensors already loaded by from_pretrained.
+        bound = self.config.initializer_range
+        if isinstance(module, (nn.Embedding, nn.Linear)):
+            init.uniform_(module.weight, -bound, bound)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.RNNBase):
+            for name, param in module.named_parameters():
+                if self.config.init_recurrent_uniform:  # Zaremba et al. 2014: every weight ~ U(-0.1, 0.1)
+                    init.uniform_(param, -bound, bound)
+                elif name.startswith("weight_ih"):
+                    init.xavier_uniform_(param)
+                elif name.startswith("weight_hh"):
+                    init.orthogonal_(param)  # keeps gradients from exploding/vanishing at init (Saxe et al. 2014)
+                else:
+                    init.zeros_(param)
+                # Forget-gate bias 1 lets an LSTM remember by default (Jozefowicz et al. 2015). A slice loses the
+                # "already loaded" flag, so check it on the whole tensor.
+                is_forget_bias = isinstance(module, nn.LSTM) and name.startswith("bias_ih")
+                if is_forget_bias and not self.config.init_recurrent_uniform:
+                    if not getattr(param, "_is_hf_initialized", False):
+                        hidden = module.hidden_size
+                        init.constant_(param[hidden : 2 * hidden], 1.0)
+
+
+class RNNLMModel(RNNLMPreTrainedModel):
+    """Embeddings followed by stacked recurrent layers; returns every position's last-layer state."""
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.input_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([RNNLMLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.embeddings = new_embeddings
+
+    def check_token_ids(self, input_ids: torch.LongTensor) -> None:
+        # nn.Embedding would fail deep inside torch (or on CUDA, with a device-side assert): fail here, clearly.
+        if input_ids.numel() == 0:
+            return
+        low, high = torch.aminmax(input_ids)
+        vocab_size = self.embeddings.num_embeddings
+        if low < 0 or high >= vocab_size:
+            bad = int(low) if low < 0 else int(high)
+            raise ValueError(
+                f"input_ids contain token id {bad}, outside the model's vocabulary [0, {vocab_size}). The tokenizer "
+                "and the model disagree: use the tokenizer saved with the model, or call "
+                "model.resize_token_embeddings(len(tokenizer)) after adding tokens."
+            )
+
+    def read_state(self, cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
+        if cache is None:
+            return None
+        layer = cache.layers[layer_idx]
+        # Read the layer directly: `Cache.get_recurrent_state` only exists from transformers 5.21.
+        return layer.recurrent_states[0] if layer.has_previous_state[0] else None
+
+    def write_state(self, cache: Cache | None, layer_idx: int, state: torch.Tensor) -> None:
+        if cache is None:
+            return
+        layer = cache.layers[layer_idx]
+        # The cache is a truncation point for backprop (truncated BPTT), hence detach.
+        layer.update_recurrent_state(state.detach(), 0)
+        # The built-in layer only marks a previous state from `update_conv_state`; a pure RNN has no conv state.
+        layer.has_previous_state[0] = True
+
+    def prepare_cache(self, cache: Cache | None, use_cache: bool) -> Cache | None:
+        if self.config.bidirectional:
+            if cache is not None:
+                raise ValueError("A bidirectional RNN-LM has no recurrent cache: pass cache=None, use_cache=False.")
+            return None
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        if cache is not None and (
+            len(cache.layers) != self.config.num_hidden_layers or not all(cache.is_linear)
+        ):
+            raise ValueError(
+                f"The cache must hold {self.config.num_hidden_layers} recurrent layers: build it with "
+                "DynamicCache(config=model.config) or pass the `cache` returned by a previous call."
+            )
+        return cache
+
+    @accepts_legacy_cache_names
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> RNNLMModelOutput | tuple:
+        r"""
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            1 for real tokens, 0 for padding. Padded positions never update the state (the batch is packed), so
+            left- and right-padded rows give the same results as unpadded ones; their outputs are zeros.
+        cache (`Cache`, *optional*):
+            Recurrent state from a previous call (`DynamicCache` of one recurrent layer per hidden layer, each state
+            of shape `(batch_size, num_states, hidden_size)`, `num_states` = 2 for LSTM `(h, c)`, else 1). The call
+            continues from it, so the new tokens cost one recurrent step each. The stored state is detached.
+        """
+        cache = pop_cache(cache, kwargs)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            self.check_token_ids(input_ids)
+            inputs_embeds = self.embeddings(input_ids)  # (batch, seq_len, input_size)
+        cache = self.prepare_cache(cache, bool(use_cache) or cache is not None)
+
+        packer = None
+        if attention_mask is not None:
+            # generate() passes the full running mask with only the new tokens: keep the part of this call.
+            attention_mask = attention_mask[:, -inputs_embeds.shape[1] :]
+            if not bool(attention_mask.all()):
+                packer = PaddingPacker(attention_mask)
+
+        hidden_states = self.dropout(inputs_embeds)
+        all_hidden_states = (inputs_embeds,) if output_hidden_states else None
+        if packer is not None:
+            hidden_states = packer.pack(hidden_states)
+        final_states = ()
+        for layer_idx, layer in enumerate(self.layers):
+            old_state = self.read_state(cache, layer_idx)
+            hidden_states, state = layer(hidden_states, old_state)  # positional: gradient checkpointing
+            if packer is not None:
+                state = packer.final_state(state, old_state)
+            self.write_state(cache, layer_idx, state)
+            final_states += (state,)
+            if output_hidden_states:
+                all_hidden_states += (packer.unpack(hidden_states) if packer is not None else hidden_states,)
+            hidden_states = map_features(self.dropout, hidden_states)
+        if packer is not None:
+            hidden_states = packer.unpack(hidden_states)  # (batch, seq_len, output_size)
+
+        output = RNNLMModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            final_states=final_states,
+            **{CACHE_FIELD: cache if use_cache else None},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
+    """RNN language model: the softmax over the vocabulary reads the last layer's state at every position."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+
+    def __init__(self, config: RNNLMConfig):
+        config.check_causal_lm()
+        super().__init__(config)
+        self.model = RNNLMModel(config)
+        # Project hidden -> embedding size so the softmax can share the embedding matrix (Press & Wolf 2017).
+        needs_projection = config.output_projection and config.output_size != config.input_size
+        self.projection = nn.Linear(config.output_size, config.input_size) if needs_projection else None
+        self.lm_head = nn.Linear(config.lm_input_size, config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+    def generate(self, *args, **kwargs):
+        # Fail before generate() goes deep: these modes need to roll a cache back, which a recurrent state can't.
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
+            raise ValueError(
+                "Assisted/speculative decoding is not supported by RNN-LM: a recurrent state cannot be rolled back "
+                "to reject draft tokens. Use greedy search, sampling or beam search."
+            )
+        if (kwargs.get("penalty_alpha") or getattr(generation_config, "penalty_alpha", None)) or kwargs.get("dola_layers"):
+            raise ValueError(
+                "Contrastive search and DoLa are not supported by RNN-LM (they are Hub-hosted strategies that need "
+                "attention states). Use greedy search, sampling (do_sample=True, temperature/top_k/top_p) or beam "
+                "search (num_beams>1)."
+            )
+        return super().generate(*args, **kwargs)
+
+    @accepts_legacy_cache_names
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Targets for language modelling. They are **shifted inside the model**, so `labels = input_ids` works;
+            `-100` is ignored. The loss is the cross-entropy averaged over the non-ignored tokens (perplexity is its
+            exp). Pass `shift_labels` (already the next tokens, not shifted again) to predict the token after the
+            last input too, as truncated-BPTT training does.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*):
+            Compute logits for the last `logits_to_keep` positions only (0 = all); generation needs just the last.
+        """
+        cache = pop_cache(cache, kwargs)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state  # (batch, seq_len, output_size)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        hidden_states = hidden_states[:, keep]
+        if self.projection is not None:
+            hidden_states = self.projection(hidden_states)
+        logits = self.lm_head(hidden_states)  # (batch, seq_len, vocab_size)
+
+        loss = None
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            # **kwargs carries num_items_in_batch from Trainer, so gradient accumulation averages per token.
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class RNNLMForTokenClassification(RNNLMPreTrainedModel):
+    """A tag per token (POS, NER) from the recurrent states; bidirectional encoders see both contexts."""
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = RNNLMModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.output_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Tag ids in `[0, num_labels)`; `-100` (padding, non-first sub-words) is ignored.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (batch, seq_len, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config, **kwargs)
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
+    """A label per sequence (sentiment) from a pooled summary of the recurrent states."""
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = RNNLMModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
+        self.dropout = nn.Dropout(dropout)
+        self.score = nn.Linear(config.output_size, config.num_labels)
+        self.post_init()
+
+    def pool(self, outputs: RNNLMModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        hidden_states = outputs.last_hidden_state  # (batch, seq_len, output_size), zeros at padding
+        pooling = self.config.classifier_pooling
+        if pooling == "last":
+            # The final h of each direction: forward after the last real token, backward after the first (as gpt2
+            # pools the last non-pad token, but exact under any padding since the batch is packed).
+            h = outputs.final_states[-1][:, : self.config.num_directions]  # (batch, num_directions, hidden)
+            return h.reshape(h.shape[0], -1)
+        mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device) if attention_mask is None else attention_mask
+        mask = mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)
+        if pooling == "mean":
+            return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).amax(1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        attention_mask (`torch.Tensor`, *optional*):
+            Without it, positions holding `pad_token_id` count as padding (as gpt2's sequence head does).
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class ids (single-label), floats (regression, `num_labels == 1`) or multi-hot floats (multi-label);
+            `config.problem_type` selects the loss as in transformers' own heads.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if attention_mask is None and input_ids is not None and self.config.pad_token_id is not None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.score(self.dropout(self.pool(outputs, attention_mask)))  # (batch, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
+            num_items = kwargs.get("num_items_in_batch")
+            if num_items is not None and self.config.problem_type in ("regression", "multi_label_classification"):
+                # These losses average per micro-batch and ignore num_items_in_batch: rescale so gradient
+                # accumulation sums to the mean over the whole accumulated batch.
+                loss = loss * labels.numel() / num_items
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "RNNLMPreTrainedModel",
+    "RNNLMModel",
+    "RNNLMForCausalLM",
+    "RNNLMForTokenClassification",
+    "RNNLMForSequenceClassification",
+]
