@@ -145,7 +145,9 @@ class RNNLMConfig(PretrainedConfig):
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             token_id = getattr(self, name)
             if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
-                raise ValueError(f"`{name}` must be an int in [0, vocab_size={self.vocab_size}) or None, got {token_id!r}.")
+                raise ValueError(
+                    f"`{name}` must be an int in [0, vocab_size={self.vocab_size}) or None, got {token_id!r}."
+                )
 
     def check_causal_lm(self) -> None:
         """A causal LM reads left to right only: called by the LM head, so encoders may stay bidirectional."""

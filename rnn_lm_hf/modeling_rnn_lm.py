@@ -30,6 +30,14 @@ logger = logging.get_logger(__name__)
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
 RNN_CLASSES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# Every Auto class a saved folder can be loaded through with `trust_remote_code=True`.
+AUTO_MAP = {
+    "AutoConfig": "configuration_rnn_lm.RNNLMConfig",
+    "AutoModel": "modeling_rnn_lm.RNNLMModel",
+    "AutoModelForCausalLM": "modeling_rnn_lm.RNNLMForCausalLM",
+    "AutoModelForTokenClassification": "modeling_rnn_lm.RNNLMForTokenClassification",
+    "AutoModelForSequenceClassification": "modeling_rnn_lm.RNNLMForSequenceClassification",
+}
 
 
 def accepts_legacy_cache_names(forward):
@@ -157,10 +165,17 @@ class RNNLMPreTrainedModel(PreTrainedModel):
                 # Forget-gate bias 1 lets an LSTM remember by default (Jozefowicz et al. 2015). A slice loses the
                 # "already loaded" flag, so check it on the whole tensor.
                 is_forget_bias = isinstance(module, nn.LSTM) and name.startswith("bias_ih")
-                if is_forget_bias and not self.config.init_recurrent_uniform:
-                    if not getattr(param, "_is_hf_initialized", False):
-                        hidden = module.hidden_size
-                        init.constant_(param[hidden : 2 * hidden], 1.0)
+                loaded = getattr(param, "_is_hf_initialized", False)
+                if is_forget_bias and not self.config.init_recurrent_uniform and not loaded:
+                    hidden = module.hidden_size
+                    init.constant_(param[hidden : 2 * hidden], 1.0)
+
+    def save_pretrained(self, *args, **kwargs):
+        # transformers writes only the saved class into `auto_map`; write them all so the folder loads through
+        # every Auto class as Hub code. Entries already there (e.g. "org/repo--module.Class") win.
+        if self._auto_class is not None:
+            self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(*args, **kwargs)
 
 
 class RNNLMModel(RNNLMPreTrainedModel):
@@ -217,9 +232,7 @@ class RNNLMModel(RNNLMPreTrainedModel):
             return None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        if cache is not None and (
-            len(cache.layers) != self.config.num_hidden_layers or not all(cache.is_linear)
-        ):
+        if cache is not None and (len(cache.layers) != self.config.num_hidden_layers or not all(cache.is_linear)):
             raise ValueError(
                 f"The cache must hold {self.config.num_hidden_layers} recurrent layers: build it with "
                 "DynamicCache(config=model.config) or pass the `cache` returned by a previous call."
@@ -323,7 +336,9 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
                 "Assisted/speculative decoding is not supported by RNN-LM: a recurrent state cannot be rolled back "
                 "to reject draft tokens. Use greedy search, sampling or beam search."
             )
-        if (kwargs.get("penalty_alpha") or getattr(generation_config, "penalty_alpha", None)) or kwargs.get("dola_layers"):
+        if (kwargs.get("penalty_alpha") or getattr(generation_config, "penalty_alpha", None)) or kwargs.get(
+            "dola_layers"
+        ):
             raise ValueError(
                 "Contrastive search and DoLa are not supported by RNN-LM (they are Hub-hosted strategies that need "
                 "attention states). Use greedy search, sampling (do_sample=True, temperature/top_k/top_p) or beam "
@@ -449,7 +464,11 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
             # pools the last non-pad token, but exact under any padding since the batch is packed).
             h = outputs.final_states[-1][:, : self.config.num_directions]  # (batch, num_directions, hidden)
             return h.reshape(h.shape[0], -1)
-        mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device) if attention_mask is None else attention_mask
+        mask = (
+            torch.ones(hidden_states.shape[:2], device=hidden_states.device)
+            if attention_mask is None
+            else attention_mask
+        )
         mask = mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)
         if pooling == "mean":
             return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)

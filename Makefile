@@ -1,0 +1,27 @@
+# Two commands do all set-up on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+VENV ?= .venv
+PYTHON ?= python3
+# The pinned CPU wheel lies on the project's machines; elsewhere pick the build for your hardware.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,plots]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rnn-lm demo
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: install demo test lint

@@ -1,0 +1,105 @@
+import json
+import logging
+
+import pytest
+from transformers import AutoConfig
+
+from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
+from rnn_lm_hf.configuration_rnn_lm import CELL_TYPES
+
+
+def test_defaults_construct_without_warnings(caplog):
+    with caplog.at_level(logging.WARNING):
+        config = RNNLMConfig()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert config.model_type == "rnn_lm"
+    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (10000, 256, 2)
+    assert config.layer_types == ["linear_attention"] * 2
+
+
+def test_every_field_round_trips(tmp_path):
+    config = RNNLMConfig(
+        vocab_size=50,
+        hidden_size=16,
+        embedding_size=8,
+        num_hidden_layers=3,
+        cell_type="rnn",
+        rnn_nonlinearity="relu",
+        dropout=0.3,
+        classifier_dropout=0.1,
+        classifier_pooling="max",
+        tie_word_embeddings=True,
+        initializer_range=0.05,
+        init_recurrent_uniform=True,
+        use_cache=False,
+        pad_token_id=4,
+        bos_token_id=5,
+        eos_token_id=6,
+        num_labels=3,
+        return_dict=False,
+        output_hidden_states=True,
+    )
+    as_dict = json.loads(config.to_json_string())
+    config.save_pretrained(tmp_path / "sub")
+    for loaded in (
+        RNNLMConfig.from_pretrained(tmp_path / "sub"),
+        RNNLMConfig.from_pretrained(tmp_path, subfolder="sub"),
+        AutoConfig.from_pretrained(tmp_path / "sub"),
+    ):
+        assert isinstance(loaded, RNNLMConfig)
+        reloaded = json.loads(loaded.to_json_string())
+        # Saving also records where the config class lives, for Hub code.
+        assert reloaded.pop("auto_map", None) in (None, {"AutoConfig": "configuration_rnn_lm.RNNLMConfig"})
+        assert reloaded == as_dict
+    assert as_dict["embedding_size"] == 8 and len(as_dict["id2label"]) == 3 and as_dict["return_dict"] is False
+
+
+def test_derived_sizes():
+    config = RNNLMConfig(hidden_size=16, embedding_size=8, bidirectional=True, cell_type="lstm")
+    assert (config.input_size, config.output_size, config.num_directions, config.num_states) == (8, 32, 2, 2)
+    assert RNNLMConfig(cell_type="gru").num_states == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "allowed"),
+    [
+        ({"cell_type": "transformer"}, "cell_type", "'rnn', 'lstm', 'gru'"),
+        ({"rnn_nonlinearity": "sigmoid"}, "rnn_nonlinearity", "'tanh', 'relu'"),
+        ({"classifier_pooling": "first"}, "classifier_pooling", "'last', 'mean', 'max'"),
+        ({"vocab_size": 0}, "vocab_size", "positive int"),
+        ({"hidden_size": -4}, "hidden_size", "positive int"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers", "positive int"),
+        ({"embedding_size": 0}, "embedding_size", "positive int"),
+        ({"hidden_size": 2.5}, "hidden_size", "positive int"),
+        ({"dropout": 1.0}, "dropout", "[0, 1)"),
+        ({"dropout": -0.1}, "dropout", "[0, 1)"),
+        ({"classifier_dropout": 1.5}, "classifier_dropout", "[0, 1)"),
+        ({"initializer_range": 0}, "initializer_range", "positive"),
+        ({"pad_token_id": 10000}, "pad_token_id", "[0, vocab_size=10000)"),
+        (
+            {"embedding_size": 8, "hidden_size": 16, "output_projection": False, "tie_word_embeddings": True},
+            "tie_word_embeddings",
+            "embedding_size == hidden_size, or output_projection=True, or tie_word_embeddings=False",
+        ),
+    ],
+)
+def test_invalid_values_name_field_and_allowed_values(kwargs, field, allowed):
+    with pytest.raises(ValueError) as error:
+        RNNLMConfig(**kwargs)
+    assert field in str(error.value) and allowed in str(error.value)
+
+
+def test_untied_model_without_projection_is_valid():
+    config = RNNLMConfig(embedding_size=8, hidden_size=16, output_projection=False, tie_word_embeddings=False)
+    assert config.lm_input_size == 16
+
+
+def test_bidirectional_causal_lm_is_rejected():
+    config = RNNLMConfig(vocab_size=20, hidden_size=8, bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional.*bidirectional=False for RNNLMForCausalLM"):
+        RNNLMForCausalLM(config)
+
+
+@pytest.mark.parametrize("cell_type", CELL_TYPES)
+def test_every_cell_type_is_accepted(cell_type):
+    assert RNNLMConfig(cell_type=cell_type).cell_type == cell_type

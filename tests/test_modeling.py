@@ -1,0 +1,332 @@
+"""Forward-pass behaviour of the base model and the three heads (transformers' ModelTester checklist)."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from rnn_lm_hf import (
+    RNNLMConfig,
+    RNNLMForCausalLM,
+    RNNLMForSequenceClassification,
+    RNNLMForTokenClassification,
+    RNNLMModel,
+)
+from tests.conftest import make_config
+
+
+ATOL = 1e-5
+HEADS = [RNNLMModel, RNNLMForCausalLM, RNNLMForTokenClassification, RNNLMForSequenceClassification]
+
+
+def ids(batch=2, seq_len=7, vocab=99):
+    return torch.randint(3, vocab, (batch, seq_len))
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_heads_shapes_loss_and_backward(tiny_config, head):
+    model = head(tiny_config)
+    input_ids = ids()
+    labels = {
+        RNNLMModel: None,
+        RNNLMForCausalLM: input_ids,
+        RNNLMForTokenClassification: torch.randint(0, 2, (2, 7)),
+        RNNLMForSequenceClassification: torch.tensor([0, 1]),
+    }[head]
+    out = model(input_ids, labels=labels) if labels is not None else model(input_ids)
+    expected = {
+        RNNLMModel: (2, 7, 32),
+        RNNLMForCausalLM: (2, 7, 99),
+        RNNLMForTokenClassification: (2, 7, 2),
+        RNNLMForSequenceClassification: (2, 2),
+    }[head]
+    first = out.last_hidden_state if head is RNNLMModel else out.logits
+    assert first.shape == expected
+    if labels is not None:
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_state_equivalence_prefix_plus_steps(tiny_config):
+    """Full forward == prefix forward + continuation from the returned cache, token by token and in chunks."""
+    model = RNNLMForCausalLM(tiny_config).eval()
+    input_ids = ids(seq_len=12)
+    full = model(input_ids).logits
+    for chunks in ([4, 1, 1, 1, 1, 1, 1, 1, 1], [5, 3, 4], [1] * 12):
+        cache, pieces, start = None, [], 0
+        for size in chunks:
+            out = model(input_ids[:, start : start + size], cache=cache, use_cache=True)
+            cache, start = out.cache, start + size
+            pieces.append(out.logits)
+        torch.testing.assert_close(torch.cat(pieces, 1), full, atol=ATOL, rtol=0)
+
+
+def test_state_is_a_transformers_cache(tiny_config):
+    model = RNNLMModel(tiny_config).eval()
+    cache = model(ids(batch=3), use_cache=True).cache
+    assert isinstance(cache, DynamicCache) and all(cache.is_linear) and len(cache.layers) == 2
+    state = cache.layers[0].recurrent_states[0]
+    assert state.shape == (3, tiny_config.num_states, 32)  # batch first, constant size
+    # Constant size: more tokens do not grow the state.
+    cache = model(ids(batch=3, seq_len=1), cache=cache).cache
+    assert cache.layers[0].recurrent_states[0].shape == (3, tiny_config.num_states, 32)
+
+
+def test_padding_inside_a_continued_chunk_does_not_enter_the_state(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).eval()
+    input_ids = ids(batch=1, seq_len=8)
+    prefix = model(input_ids[:, :5], use_cache=True)
+    reference = model(input_ids[:, 5:], cache=prefix.cache, use_cache=True).logits[:, -1]
+    prefix = model(input_ids[:, :5], use_cache=True)
+    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), input_ids[:, 5:]], 1)
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    out = model(padded, attention_mask=mask, cache=prefix.cache, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(out, reference, atol=ATOL, rtol=0)
+
+
+def test_a_fully_padded_row_keeps_its_state(tiny_config):
+    model = RNNLMModel(tiny_config).eval()
+    prefix = model(ids(batch=2, seq_len=4), use_cache=True).cache
+    before = [layer.recurrent_states[0].clone() for layer in prefix.layers]
+    mask = torch.tensor([[1, 1], [0, 0]])
+    after = model(ids(batch=2, seq_len=2), attention_mask=mask, cache=prefix).cache
+    for old, layer in zip(before, after.layers):
+        torch.testing.assert_close(layer.recurrent_states[0][1], old[1])
+        assert not torch.allclose(layer.recurrent_states[0][0], old[0])
+
+
+def test_left_padding_leaves_last_token_logits_unchanged(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).eval()
+    short, long = ids(batch=1, seq_len=4), ids(batch=1, seq_len=7)
+    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1), long])
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [1] * 7])
+    logits = model(batch, attention_mask=mask).logits
+    torch.testing.assert_close(logits[0, 3:], model(short).logits[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits[1], model(long).logits[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_right_padding_invariance_bidirectional_heads(cell_type, pooling):
+    config = make_config(cell_type, bidirectional=True, classifier_pooling=pooling, num_labels=3)
+    short, long = ids(batch=1, seq_len=4), ids(batch=1, seq_len=7)
+    batch = torch.cat([torch.cat([short, torch.zeros(1, 3, dtype=torch.long)], 1), long])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1] * 7])
+
+    tagger = RNNLMForTokenClassification(config).eval()
+    tags = tagger(batch, attention_mask=mask).logits
+    torch.testing.assert_close(tags[0, :4], tagger(short).logits[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(tags[1], tagger(long).logits[0], atol=ATOL, rtol=0)
+
+    classifier = RNNLMForSequenceClassification(config).eval()
+    scores = classifier(batch, attention_mask=mask).logits
+    torch.testing.assert_close(scores[0], classifier(short).logits[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(scores[1], classifier(long).logits[0], atol=ATOL, rtol=0)
+    # Without a mask, pad_token_id marks the padding (gpt2 semantics).
+    torch.testing.assert_close(classifier(batch).logits, scores, atol=ATOL, rtol=0)
+
+
+def test_last_pooling_uses_last_real_token_and_first_for_backward():
+    config = make_config("gru", bidirectional=True, num_labels=2)
+    model = RNNLMForSequenceClassification(config).eval()
+    out = model.model(ids(batch=1, seq_len=5), output_hidden_states=True)
+    last_layer = out.hidden_states[-1]  # (1, 5, 64): forward half then backward half
+    pooled = model.pool(out, None)
+    torch.testing.assert_close(pooled[0, :32], last_layer[0, -1, :32])
+    torch.testing.assert_close(pooled[0, 32:], last_layer[0, 0, 32:])
+
+
+def test_hidden_states_every_layer_in_the_graph(tiny_config):
+    model = RNNLMModel(tiny_config)
+    out = model(ids(), output_hidden_states=True)
+    assert len(out.hidden_states) == tiny_config.num_hidden_layers + 1
+    assert all(h.shape == (2, 7, 32) for h in out.hidden_states)
+    out.hidden_states[1].sum().backward()
+    assert model.layers[0].rnn.weight_ih_l0.grad is not None
+    assert model.layers[1].rnn.weight_ih_l0.grad is None  # layer 1 is downstream of hidden_states[1]
+    # The config flag works too, and the padded path returns the same shapes.
+    tiny_config.output_hidden_states = True
+    padded = RNNLMModel(tiny_config)(ids(), attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7]))
+    assert len(padded.hidden_states) == 3 and padded.hidden_states[2].shape == (2, 7, 32)
+
+
+def test_tuple_output_equals_dict_output(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).eval()
+    input_ids = ids()
+    as_dict = model(input_ids, labels=input_ids, output_hidden_states=True)
+    as_tuple = model(input_ids, labels=input_ids, output_hidden_states=True, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+    assert len(as_tuple[-1]) == 3  # hidden states last; the cache sits in between
+
+
+def test_causal_lm_loss_is_token_mean_cross_entropy_shifted_inside(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).eval()
+    input_ids = ids()
+    labels = input_ids.clone()
+    labels[0, 4] = -100
+    out = model(input_ids, labels=labels)
+    logits, targets = out.logits[:, :-1].reshape(-1, 99), labels[:, 1:].reshape(-1)
+    expected = nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    # shift_labels are taken as the next tokens as they are (no second shift).
+    shift_labels = torch.randint(0, 99, (2, 7))
+    out = model(input_ids, labels=input_ids, shift_labels=shift_labels)
+    torch.testing.assert_close(
+        out.loss, nn.functional.cross_entropy(out.logits.reshape(-1, 99), shift_labels.reshape(-1))
+    )
+
+
+@pytest.mark.parametrize(
+    ("problem_type", "labels"),
+    [
+        ("single_label_classification", torch.tensor([0, 2])),
+        ("multi_label_classification", torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])),
+        ("regression", torch.tensor([[0.5, 1.0, -1.0], [0.0, 2.0, 1.0]])),
+    ],
+)
+def test_sequence_problem_types(problem_type, labels):
+    model = RNNLMForSequenceClassification(make_config(num_labels=3, problem_type=problem_type))
+    out = model(ids(), labels=labels)
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_logits_to_keep(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).eval()
+    input_ids = ids()
+    full = model(input_ids).logits
+    torch.testing.assert_close(model(input_ids, logits_to_keep=1).logits, full[:, -1:])
+    torch.testing.assert_close(model(input_ids, logits_to_keep=torch.tensor([0, 3])).logits, full[:, [0, 3]])
+
+
+def test_init_reinitialises_every_parameter_and_forget_bias(cell_type):
+    config = make_config(cell_type)
+    model = RNNLMForCausalLM(config)
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all(), name
+        if "weight" in name:
+            assert param.std() > 0, name
+    if cell_type == "lstm":
+        bias = model.model.layers[0].rnn.bias_ih_l0
+        assert torch.all(bias[32:64] == 1.0) and torch.all(bias[:32] == 0.0)
+    weight_hh = model.model.layers[0].rnn.weight_hh_l0.detach()
+    if cell_type == "rnn":  # orthogonal recurrent matrix
+        torch.testing.assert_close(weight_hh @ weight_hh.T, torch.eye(32), atol=1e-5, rtol=0)
+    uniform = RNNLMForCausalLM(make_config(cell_type, init_recurrent_uniform=True, initializer_range=0.1))
+    assert all(p.abs().max() <= 0.1 for p in uniform.parameters())
+
+
+def test_tied_embeddings_and_projection():
+    model = RNNLMForCausalLM(make_config())
+    assert model.lm_head.weight is model.model.embeddings.weight
+    projected = RNNLMForCausalLM(make_config(embedding_size=16))
+    assert projected.projection.weight.shape == (16, 32)
+    assert projected.lm_head.weight is projected.model.embeddings.weight
+    untied = RNNLMForCausalLM(make_config(tie_word_embeddings=False))
+    assert untied.lm_head.weight is not untied.model.embeddings.weight
+
+
+def test_resize_token_embeddings_keeps_tie(tiny_config):
+    model = RNNLMForCausalLM(tiny_config)
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120
+    assert model.lm_head.weight is model.model.embeddings.weight and model.lm_head.weight.shape == (120, 32)
+    assert model.lm_head.bias.shape == (120,)
+    assert model(torch.tensor([[119, 5]])).logits.shape == (1, 2, 120)
+
+
+def test_out_of_range_ids_raise_a_clear_error(tiny_config):
+    model = RNNLMForCausalLM(tiny_config)
+    for bad in (99, -1):
+        with pytest.raises(
+            ValueError, match=rf"token id {bad}, outside the model's vocabulary \[0, 99\).*resize_token_embeddings"
+        ):
+            model(torch.tensor([[1, bad]]))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).train()
+    input_ids = ids()
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1] * 7])
+    model(input_ids, attention_mask=mask, labels=input_ids).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    model(input_ids, attention_mask=mask, labels=input_ids).loss.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, reference[name], msg=name)
+
+
+def test_legacy_cache_names_warn_and_work(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).eval()
+    input_ids = ids(seq_len=6)
+    cache = model(input_ids[:, :3], use_cache=True).cache
+    reference = model(input_ids[:, 3:], cache=cache).logits
+    cache = model(input_ids[:, :3], use_cache=True).cache
+    with pytest.warns(FutureWarning, match="past_key_values"):
+        legacy = model(input_ids[:, 3:], past_key_values=cache).logits
+    torch.testing.assert_close(legacy, reference)
+
+
+def test_bidirectional_encoder_has_no_cache():
+    model = RNNLMModel(make_config(bidirectional=True)).eval()
+    out = model(ids(), use_cache=True)
+    assert out.cache is None and out.last_hidden_state.shape == (2, 7, 64)
+    assert out.final_states[0].shape == (2, 4, 32)  # (h_fwd, h_bwd, c_fwd, c_bwd) for LSTM
+
+
+def test_base_and_state_dict_loading(tmp_path, tiny_config):
+    lm = RNNLMForCausalLM(tiny_config)
+    # from_pretrained(None, config=..., state_dict=...)
+    clone = RNNLMForCausalLM.from_pretrained(None, config=tiny_config, state_dict=lm.state_dict())
+    for (name, a), b in zip(lm.state_dict().items(), clone.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    # A base model's weights load into a head (base_model_prefix) and the other way round.
+    base = RNNLMModel(tiny_config)
+    base.save_pretrained(tmp_path / "base")
+    head = RNNLMForTokenClassification.from_pretrained(tmp_path / "base")
+    torch.testing.assert_close(head.model.embeddings.weight, base.embeddings.weight)
+    lm.save_pretrained(tmp_path / "lm")
+    torch.testing.assert_close(
+        RNNLMModel.from_pretrained(tmp_path / "lm").embeddings.weight, lm.model.embeddings.weight
+    )
+
+
+def test_ignore_mismatched_sizes(tmp_path):
+    RNNLMForSequenceClassification(make_config(num_labels=2)).save_pretrained(tmp_path)
+    model = RNNLMForSequenceClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert model.score.weight.shape == (5, 32)
+
+
+def test_meta_device_init(tiny_config):
+    with torch.device("meta"):
+        model = RNNLMForCausalLM(tiny_config)
+    assert model.lm_head.weight.is_meta
+
+
+def test_dropout_only_in_training():
+    model = RNNLMForCausalLM(make_config(dropout=0.5))
+    input_ids = ids()
+    model.eval()
+    torch.testing.assert_close(model(input_ids).logits, model(input_ids).logits)
+    model.train()
+    assert not torch.allclose(model(input_ids).logits, model(input_ids).logits)
+
+
+def test_config_is_the_single_source_of_truth():
+    config = RNNLMConfig(
+        vocab_size=30,
+        hidden_size=12,
+        embedding_size=6,
+        num_hidden_layers=3,
+        cell_type="rnn",
+        rnn_nonlinearity="relu",
+        tie_word_embeddings=False,
+    )
+    model = RNNLMForCausalLM(config)
+    rnns = [layer.rnn for layer in model.model.layers]
+    assert [type(r) for r in rnns] == [nn.RNN] * 3 and rnns[0].nonlinearity == "relu"
+    assert (rnns[0].input_size, rnns[1].input_size, rnns[0].hidden_size) == (6, 12, 12)
+    assert model.model.embeddings.weight.shape == (30, 6)
