@@ -10,6 +10,7 @@ from transformers import (
 
 from .configuration_rnn_lm import RNNLMConfig
 from .modeling_rnn_lm import (
+    RNNLMCache,
     RNNLMForCausalLM,
     RNNLMForSequenceClassification,
     RNNLMForTokenClassification,
@@ -36,6 +37,7 @@ for _auto_name, (_auto_class, _model_class) in AUTO_CLASSES.items():
 
 __all__ = [
     "AUTO_CLASSES",
+    "RNNLMCache",
     "RNNLMConfig",
     "RNNLMPreTrainedModel",
     "RNNLMModel",

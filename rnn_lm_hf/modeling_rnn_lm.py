@@ -56,6 +56,25 @@ def pop_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
     return cache
 
 
+class RNNLMCache(DynamicCache):
+    """The recurrent state as a transformers `Cache`: one recurrent (linear-attention) layer per hidden layer, each
+    holding a constant-size state, reordered by beam search like any cache. It also counts the positions it has
+    consumed, because transformers < 5.24 asks every cache for its length during generate().
+    """
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__(config=config)
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    @property
+    def is_compileable(self) -> bool:
+        # Keeps generate() from building 4D attention masks or auto-compiling: there is no attention to mask.
+        return False
+
+
 @dataclass
 class RNNLMModelOutput(BaseModelOutputWithPast):
     r"""
@@ -144,6 +163,11 @@ class RNNLMPreTrainedModel(PreTrainedModel):
     # The state cannot be rolled back token by token: generate() then refuses assisted decoding cleanly.
     _is_stateful = True
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a plain DynamicCache: the first forward creates an RNNLMCache.
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # Through `transformers.initialization`, which skips tensors already loaded by from_pretrained.
@@ -231,11 +255,12 @@ class RNNLMModel(RNNLMPreTrainedModel):
                 raise ValueError("A bidirectional RNN-LM has no recurrent cache: pass cache=None, use_cache=False.")
             return None
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = RNNLMCache(self.config)
         if cache is not None and (len(cache.layers) != self.config.num_hidden_layers or not all(cache.is_linear)):
             raise ValueError(
                 f"The cache must hold {self.config.num_hidden_layers} recurrent layers: build it with "
-                "DynamicCache(config=model.config) or pass the `cache` returned by a previous call."
+                "RNNLMCache(model.config) or DynamicCache(config=model.config), or pass the `cache` returned by a "
+                "previous call."
             )
         return cache
 
@@ -297,6 +322,8 @@ class RNNLMModel(RNNLMPreTrainedModel):
             hidden_states = map_features(self.dropout, hidden_states)
         if packer is not None:
             hidden_states = packer.unpack(hidden_states)  # (batch, seq_len, output_size)
+        if isinstance(cache, RNNLMCache):
+            cache.seen_tokens += inputs_embeds.shape[1]
 
         output = RNNLMModelOutput(
             last_hidden_state=hidden_states,
@@ -516,6 +543,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
 
 
 __all__ = [
+    "RNNLMCache",
     "RNNLMPreTrainedModel",
     "RNNLMModel",
     "RNNLMForCausalLM",

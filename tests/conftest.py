@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from rnn_lm_hf import RNNLMConfig  # noqa: E402
+from rnn_lm_hf.modeling_rnn_lm import CACHE_FIELD  # noqa: E402
 
 
 CELL_TYPES = ["rnn", "lstm", "gru"]
@@ -32,6 +33,11 @@ def make_config(cell_type: str = "lstm", **overrides) -> RNNLMConfig:
     """vocab 99, hidden 32, 2 layers: the transformers ModelTester sizes."""
     kwargs = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "cell_type": cell_type}
     return RNNLMConfig(**{**kwargs, **overrides})
+
+
+def cache_of(output):
+    """The recurrent cache of an output: field `cache` on transformers 5.24+, `past_key_values` before."""
+    return getattr(output, CACHE_FIELD)
 
 
 @pytest.fixture(params=CELL_TYPES)

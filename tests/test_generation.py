@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rnn_lm_hf import RNNLMForCausalLM
-from tests.conftest import make_config
+from rnn_lm_hf.modeling_rnn_lm import CACHE_FIELD
+from tests.conftest import cache_of, make_config
 
 
 def prompt(batch=2, seq_len=5):
@@ -71,9 +72,14 @@ def test_continue_generation_from_the_returned_cache(lm):
     input_ids = prompt(batch=1)
     at_once = lm.generate(input_ids, max_new_tokens=10, do_sample=False, eos_token_id=None)
     first = lm.generate(input_ids, max_new_tokens=5, do_sample=False, eos_token_id=None, return_dict_in_generate=True)
-    # The cache has consumed every token but the last generated one: feed just that one to continue.
+    # The cache has consumed every token but the last generated one. transformers 5.24+ feeds a recurrent cache
+    # just the new tokens; older releases take the whole sequence and cut off the cache's length themselves.
     last_token = first.sequences[:, -1:]
-    rest = lm.generate(last_token, cache=first.cache, max_new_tokens=5, do_sample=False, eos_token_id=None)
+    continue_from = last_token if CACHE_FIELD == "cache" else first.sequences
+    rest = lm.generate(
+        continue_from, **{CACHE_FIELD: cache_of(first)}, max_new_tokens=5, do_sample=False, eos_token_id=None
+    )
+    rest = rest[:, -6:]
     assert torch.equal(torch.cat([first.sequences, rest[:, 1:]], 1), at_once)
 
 
