@@ -238,7 +238,12 @@ class RNNLMModel(RNNLMPreTrainedModel):
             return None
         layer = cache.layers[layer_idx]
         # Read the layer directly: `Cache.get_recurrent_state` only exists from transformers 5.21.
-        return layer.recurrent_states[0] if layer.has_previous_state[0] else None
+        if not layer.has_previous_state[0]:
+            return None
+        state = layer.recurrent_states[0]
+        # The next write updates this buffer in place: when training through a carried state (truncated BPTT),
+        # autograd must hold its own copy.
+        return state.clone() if torch.is_grad_enabled() else state
 
     def write_state(self, cache: Cache | None, layer_idx: int, state: torch.Tensor) -> None:
         if cache is None:

@@ -15,8 +15,15 @@ SECRET_NAMES = ("token", "hub_token", "push_to_hub_token", "password")
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The command as a user would retype it (shell-quoted)."""
-    argv = sys.argv if argv is None else [sys.argv[0], *argv]
+    """The command as a user would retype it (shell-quoted), with the values of secret options blanked."""
+    argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
+    for i, part in enumerate(argv):
+        name = part.lstrip("-").split("=")[0].lower()
+        if part.startswith("--") and any(secret in name for secret in SECRET_NAMES):
+            if "=" in part:
+                argv[i] = f"{part.split('=')[0]}=***"
+            elif i + 1 < len(argv):
+                argv[i + 1] = "***"
     return " ".join(shlex.quote(part) for part in ["python", *argv])
 
 

@@ -1,0 +1,162 @@
+"""`rnn-lm`: train, evaluate, generate, the demo, and Hub sharing from the command line.
+
+rnn-lm demo                                   # train a small LSTM LM on the built-in corpus, print samples
+rnn-lm train training/configs/ptb_small_zaremba.json
+rnn-lm train --train_file my.txt --output_dir out --config_overrides "cell_type=gru"
+rnn-lm evaluate out --file test.txt           # stateful stream perplexity
+rnn-lm generate out "the writer of" --do_sample --top_k 40
+rnn-lm train-tagger ... / rnn-lm train-classifier ...
+rnn-lm card out / rnn-lm push out org/name
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def json_config_to_argv(argv: list[str]) -> list[str]:
+    """`config.json --flag value ...` -> flags, so a config file can be combined with command-line overrides."""
+    if not argv or not argv[0].endswith(".json") or len(argv) == 1:
+        return argv
+    flags = []
+    for key, value in json.loads(Path(argv[0]).read_text()).items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            flags += [f"--{key}", *map(str, value)]
+        else:
+            flags += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return flags + argv[1:]
+
+
+def run_training_script(module: str, argv: list[str]) -> int:
+    import importlib
+
+    script = importlib.import_module(f"rnn_lm_hf.training.{module}")
+    return script.run(json_config_to_argv(argv))
+
+
+def demo(argv: list[str]) -> int:
+    from rnn_lm_hf.training.train_clm import DEMO_CONFIG
+
+    return run_training_script("train_clm", [str(DEMO_CONFIG), *argv])
+
+
+def evaluate_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rnn-lm evaluate", description="Perplexity of a saved causal LM on a file.")
+    parser.add_argument("model", help="A saved model folder (or Hub id) with its tokenizer.")
+    parser.add_argument("--file", required=True, help="Text file, one sentence/line (PTB style) or raw text.")
+    parser.add_argument("--bptt", type=int, default=35, help="Segment length; the state is carried across segments.")
+    parser.add_argument("--batch_size", type=int, default=1, help="Parallel streams (1 = exact: one stream).")
+    parser.add_argument("--per_block", action="store_true", help="Reset the state every block instead.")
+    parser.add_argument("--no_eos", action="store_true", help="Do not append <eos> after each line.")
+    parser.add_argument("--trust_remote_code", action="store_true")
+    args = parser.parse_args(argv)
+    metrics = evaluate_perplexity(
+        args.model, args.file, args.bptt, args.batch_size, not args.per_block, not args.no_eos, args.trust_remote_code
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def evaluate_perplexity(
+    model_path: str,
+    file: str,
+    bptt: int = 35,
+    batch_size: int = 1,
+    stateful: bool = True,
+    add_eos: bool = True,
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """Token-weighted perplexity through the same evaluation loop training uses."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from rnn_lm_hf.data import eval_stream_segments, group_into_blocks, load_text_datasets, tokenize_to_stream
+    from rnn_lm_hf.trainer import RNNLMTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    split = load_text_datasets(train_file=file, validation_split_percentage=0)["train"]
+    stream = tokenize_to_stream(split, tokenizer, add_eos=add_eos)
+    if stateful:
+        dataset = eval_stream_segments(stream, bptt, 1, batch_size, tokenizer.pad_token_id, name=file)
+    else:
+        dataset = group_into_blocks(stream, bptt, tokenizer.pad_token_id, name=file)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none", remove_unused_columns=False
+        )
+        trainer = RNNLMTrainer(model=model, args=args, processing_class=tokenizer)
+        return trainer.evaluate(dataset, metric_key_prefix="eval")
+
+
+def generate_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rnn-lm generate", description="Generate text with a saved causal LM.")
+    parser.add_argument("model", help="A saved model folder (or Hub id) with its tokenizer.")
+    parser.add_argument("prompt", nargs="+", help="One or more prompts.")
+    parser.add_argument("--max_new_tokens", type=int, default=30)
+    parser.add_argument("--do_sample", action="store_true", help="Sample instead of greedy search.")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--num_return_sequences", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trust_remote_code", action="store_true")
+    args = parser.parse_args(argv)
+
+    from transformers import pipeline, set_seed
+
+    set_seed(args.seed)
+    generator = pipeline("text-generation", model=args.model, trust_remote_code=args.trust_remote_code)
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.do_sample,
+        "num_beams": args.num_beams,
+        "num_return_sequences": args.num_return_sequences,
+    }
+    if args.do_sample:
+        options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    for prompt in args.prompt:
+        for output in generator(prompt, **options):
+            print(output["generated_text"].strip())
+    return 0
+
+
+def hub_command(name: str, argv: list[str]) -> int:
+    from rnn_lm_hf import hub
+
+    return hub.main([name, *argv])
+
+
+COMMANDS = {
+    "demo": demo,
+    "train": lambda argv: run_training_script("train_clm", argv),
+    "train-tagger": lambda argv: run_training_script("train_token_classification", argv),
+    "train-classifier": lambda argv: run_training_script("train_sequence_classification", argv),
+    "evaluate": evaluate_command,
+    "generate": generate_command,
+    "card": lambda argv: hub_command("card", argv),
+    "push": lambda argv: hub_command("push", argv),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""Train a recurrent language model (Elman RNN, LSTM, GRU) with transformers' Trainer, in the shape of `run_clm.py`.
+
+With no data argument it trains on the built-in agreement corpus (the demo). Examples:
+
+    # The classic PTB small recipe (Zaremba et al. 2014), stateful truncated BPTT, SGD with epoch-wise decay:
+    python training/train_clm.py training/configs/ptb_small_zaremba.json
+
+    # Your own text, a GRU, AdamW with a cosine schedule, on two CPU processes:
+    accelerate launch --config_file training/configs/accelerate/cpu.yaml training/train_clm.py \\
+        --train_file my.txt --tokenizer_kind bpe --config_overrides "cell_type=gru,hidden_size=256" \\
+        --optim adamw_torch --learning_rate 3e-3 --lr_scheduler_type cosine --output_dir out/gru
+"""
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    TrainingArguments,
+    default_data_collator,
+    pipeline,
+    set_seed,
+)
+
+from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
+from rnn_lm_hf.data import (
+    DataError,
+    StreamSegments,
+    eval_stream_segments,
+    group_into_blocks,
+    load_text_datasets,
+    tokenize_to_stream,
+)
+from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_demo_corpus
+from rnn_lm_hf.hub import publish, write_model_card
+from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
+from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
+from rnn_lm_hf.trainer import CSVLogCallback, RNNLMTrainer, last_complete_checkpoint
+
+
+logger = logging.getLogger(__name__)
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.json"
+DEMO_PROMPTS = ["the writer of the books", "the keys to the cabinet", "the doctors that the author likes"]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved RNN-LM folder or Hub id to continue from; omit to train from scratch."},
+    )
+    config_name: str | None = field(default=None, metadata={"help": "A config.json (folder) for a new model."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Override config fields of a new model: "cell_type=gru,hidden_size=256,num_hidden_layers=2".'
+        },
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "A saved tokenizer folder or Hub id."})
+    tokenizer_kind: str = field(
+        default="word",
+        metadata={"help": f"Tokenizer trained on the train split when none is given: {TOKENIZER_KINDS}."},
+    )
+    tokenizer_vocab_size: int | None = field(
+        default=None, metadata={"help": "Cap on learned tokens (word/char: most frequent kept; bpe: merges)."}
+    )
+    lowercase: bool = field(default=False, metadata={"help": "Lowercase text in the trained tokenizer."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code when loading by repo id."})
+
+    def __post_init__(self):
+        if self.tokenizer_kind not in TOKENIZER_KINDS:
+            raise ValueError(f"--tokenizer_kind must be one of {TOKENIZER_KINDS}, got {self.tokenizer_kind!r}.")
+        if self.config_overrides is not None and self.model_name_or_path is not None:
+            raise ValueError("--config_overrides only applies to a new model: drop it or --model_name_or_path.")
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name (datasets.load_dataset)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_file: str | None = field(default=None, metadata={"help": "Training text (.txt/.tokens/.raw/.jsonl/.csv)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation text (else carved from train)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test text, evaluated after training."})
+    text_column: str = field(default="text", metadata={"help": "Column with the text in json/csv files."})
+    validation_split_percentage: int = field(default=5, metadata={"help": "Share of train held out without a file."})
+    sample_by: str = field(default="line", metadata={"help": "Text files: one example per 'line' or 'document'."})
+    keep_linebreaks: bool = field(default=False, metadata={"help": "Keep newlines (char LMs on raw text)."})
+    add_eos: bool = field(default=True, metadata={"help": "Append <eos> after every line (the PTB convention)."})
+    block_size: int = field(default=35, metadata={"help": "Truncated-BPTT length: tokens per training segment."})
+    stateful: bool = field(
+        default=True,
+        metadata={
+            "help": "Carry the hidden state across batches (classic TBPTT); False: shuffled independent blocks."
+        },
+    )
+    num_samples: int = field(default=3, metadata={"help": "Generated samples printed after training."})
+    demo_sentences: int = field(default=20000, metadata={"help": "Built-in corpus size when no data is given."})
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement (needs eval)."}
+    )
+    lr_decay: float | None = field(
+        default=None, metadata={"help": "Multiply the learning rate by this at each epoch from lr_decay_start_epoch."}
+    )
+    lr_decay_start_epoch: int = field(
+        default=1, metadata={"help": "Epochs at the initial learning rate (Zaremba: 4)."}
+    )
+
+    def __post_init__(self):
+        if self.block_size < 1:
+            raise ValueError(f"--block_size must be a positive int, got {self.block_size}.")
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
+            raise ValueError(f"--lr_decay must be in (0, 1], got {self.lr_decay}.")
+
+    @property
+    def is_demo(self) -> bool:
+        return self.train_file is None and self.dataset_name is None
+
+
+def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a bare `train_clm.py` is the demo
+        argv = [str(DEMO_CONFIG)]
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_tokenizer_and_model(model_args: ModelArguments, train_texts):
+    """From a folder / Hub id, or new: a tokenizer trained on the train split and a config from the defaults."""
+    remote = {"trust_remote_code": model_args.trust_remote_code}
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
+    if tokenizer_source is not None:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **remote)
+    else:
+        tokenizer = train_tokenizer(
+            train_texts,
+            kind=model_args.tokenizer_kind,
+            vocab_size=model_args.tokenizer_vocab_size,
+            lowercase=model_args.lowercase,
+        )
+    if model_args.model_name_or_path is not None:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **remote)
+        if len(tokenizer) > model.config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the model {model_args.model_name_or_path} only "
+                f"{model.config.vocab_size}: use the tokenizer saved with the model (drop --tokenizer_name), or "
+                "resize the model with model.resize_token_embeddings(len(tokenizer)) first."
+            )
+        return tokenizer, model
+    config = AutoConfig.from_pretrained(model_args.config_name) if model_args.config_name else RNNLMConfig()
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
+    config.vocab_size = len(tokenizer)
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = (
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+    )
+    config.check_architecture()  # overrides went through setattr: validate them like the constructor does
+    return tokenizer, RNNLMForCausalLM(config)
+
+
+def build_datasets(raw, tokenizer, data_args: DataArguments, training_args: TrainingArguments) -> dict:
+    """Token streams cut into stateful segments or shuffled blocks, per split."""
+    splits = {}
+    with training_args.main_process_first(desc="tokenizing"):
+        for split, dataset in raw.items():
+            stream = tokenize_to_stream(dataset, tokenizer, add_eos=data_args.add_eos)
+            name = f"the {split} split"
+            if not data_args.stateful:
+                splits[split] = group_into_blocks(stream, data_args.block_size, tokenizer.pad_token_id, name=name)
+            elif split == "train":
+                splits[split] = StreamSegments(
+                    stream,
+                    data_args.block_size,
+                    training_args.per_device_train_batch_size,
+                    training_args.world_size,
+                    tokenizer.pad_token_id,
+                    name=name,
+                )
+            else:
+                splits[split] = eval_stream_segments(
+                    stream,
+                    data_args.block_size,
+                    training_args.world_size,
+                    training_args.per_device_eval_batch_size,
+                    tokenizer.pad_token_id,
+                    name=name,
+                )
+    return splits
+
+
+def generate_samples(model, tokenizer, prompts: list[str], seed: int) -> list[str]:
+    set_seed(seed)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=model.device)
+    outputs = generator(prompts, max_new_tokens=20, do_sample=True, top_k=40, temperature=0.8)
+    return [output[0]["generated_text"] for output in outputs]
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args = parse_arguments(argv)
+    started = time.time()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log_level = training_args.get_process_log_level()
+    for library in (datasets.utils.logging, transformers.utils.logging):
+        library.set_verbosity(log_level)
+    logger.setLevel(log_level)
+    set_seed(training_args.seed)
+    # Stateful batches carry keys the model does not take (shift_labels, stream ids): keep them.
+    training_args.remove_unused_columns = False
+    # Published once at the end with the card (rnn_lm_hf.hub.publish), not checkpoint by checkpoint by Trainer.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+
+    is_demo = data_args.is_demo
+    if is_demo:
+        data_dir = Path(training_args.output_dir) / "data"
+        with training_args.main_process_first(desc="writing the demo corpus"):
+            files = write_demo_corpus(data_dir, num_train=data_args.demo_sentences, seed=training_args.seed)
+        data_args.train_file, data_args.validation_file, data_args.test_file = (
+            files["train"],
+            files["validation"],
+            files["test"],
+        )
+    raw = load_text_datasets(
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        test_file=data_args.test_file,
+        dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name,
+        text_column=data_args.text_column,
+        validation_split_percentage=data_args.validation_split_percentage,
+        seed=training_args.seed,
+        sample_by=data_args.sample_by,
+        keep_linebreaks=data_args.keep_linebreaks,
+    )
+    tokenizer, model = load_tokenizer_and_model(model_args, raw["train"][data_args.text_column])
+    splits = build_datasets(raw, tokenizer, data_args, training_args)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(f"{model.config.cell_type.upper()} LM, {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
+
+    callbacks = [CSVLogCallback(Path(training_args.output_dir) / "training_log.csv")]
+    if data_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+    trainer = RNNLMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("validation"),
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        lr_decay=data_args.lr_decay,
+        lr_decay_start_epoch=data_args.lr_decay_start_epoch,
+    )
+
+    metrics: dict[str, float] = {}
+    if training_args.do_train or is_demo:
+        resume = training_args.resume_from_checkpoint
+        if resume in ("auto", "True", "true", True):  # the newest checkpoint whose save completed
+            resume = last_complete_checkpoint(training_args.output_dir)
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()  # model, config with auto_map, code files, tokenizer, generation config
+        metrics.update(result.metrics)
+        # Every process reports its weights: DDP replicas must be identical.
+        checksum = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
+        print(f"[replica {training_args.process_index}/{training_args.world_size}] parameter checksum {checksum:.12e}")
+    for split in ("validation", "test"):
+        if split in splits:
+            metrics.update(
+                trainer.evaluate(splits[split], metric_key_prefix="eval" if split == "validation" else split)
+            )
+    if is_demo:
+        metrics["agreement_accuracy"] = agreement_accuracy(model, tokenizer, agreement_pairs(500, seed=1))
+    trainer.save_metrics("all", metrics)
+
+    if trainer.is_world_process_zero():
+        prompts = DEMO_PROMPTS if is_demo else [tokenizer.decode(splits["train"][0]["input_ids"][:5])]
+        for sample in generate_samples(model, tokenizer, prompts[: data_args.num_samples], training_args.seed):
+            print(f"[sample] {sample.strip()}")
+        protocol = (
+            f"stateful stream perplexity (state carried over the whole split, bptt {data_args.block_size})"
+            if data_args.stateful
+            else f"per-block perplexity (blocks of {data_args.block_size}, zero initial state)"
+        )
+        save_run_info(
+            training_args.output_dir,
+            task="causal-lm",
+            command=command_line(argv),
+            arguments=public_arguments(model_args, data_args, training_args),
+            metrics=metrics,
+            dataset=data_args.dataset_name or data_args.train_file,
+            evaluation_protocol=protocol,
+            wall_time_s=round(time.time() - started, 1),
+        )
+        write_model_card(training_args.output_dir, repo_id=training_args.hub_model_id)
+        if push_to_hub:
+            url = publish(
+                training_args.output_dir,
+                training_args.hub_model_id or Path(training_args.output_dir).name,
+                private=bool(training_args.hub_private_repo),
+                revision=training_args.hub_revision,
+                token=training_args.hub_token,
+            )
+            print(f"[hub] published: {url}")
+        ppl = {key: round(value, 2) for key, value in metrics.items() if key.endswith("perplexity")}
+        print(f"[result] perplexity {ppl} (vocabulary {len(tokenizer)}); model saved to {training_args.output_dir}")
+    return metrics
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Command-line entry: bad input ends with one line naming the problem and the fix, not a traceback."""
+    try:
+        main(argv)
+    except (DataError, ValueError, FileNotFoundError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
