@@ -1,0 +1,78 @@
+"""Smoke test of bench/speed.py at toy sizes: it runs end to end and writes a complete JSON. Nothing is timed here."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    # bench/ is a folder of scripts, not a package: load the file as a module.
+    spec = importlib.util.spec_from_file_location("bench_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    # The script sets the thread count for the whole process: give the rest of the suite its own back.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def positive_stats(stats: dict) -> bool:
+    return all(math.isfinite(stats[key]) and stats[key] > 0 for key in ("median", "min", "max"))
+
+
+def test_speed_script_writes_complete_json(speed, tmp_path, one_thread):
+    out = tmp_path / "speed.json"
+    argv = ["--device", "cpu", "--sizes", "tiny", "--threads", "1", "--repeats", "2", "--warmup", "1"]
+    returned = speed.main([*argv, "--new-tokens", "4", "--prompt-lengths", "4", "16", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results == json.loads(json.dumps(returned))  # what is written is what main returns
+
+    assert {"date", "environment", "settings", "parameters", "checks", "train", "decode", "targets"} <= set(results)
+    for key in ("device", "device_name", "threads", "torch", "transformers"):
+        assert results["environment"][key]
+    assert results["environment"]["threads"] == 1
+    assert results["settings"]["sizes"] == "tiny" and results["settings"]["prompt_lengths"] == [4, 16]
+    assert len(set(results["parameters"].values())) == 1  # same size on both sides of every ratio
+    assert results["checks"]["max_loss_difference"] < 1e-4  # same weights, same loss
+
+    train = results["train"]["fp32"]
+    assert set(train["tokens_per_s"]) == set(speed.TRAIN_VARIANTS)
+    for stats in train["tokens_per_s"].values():
+        assert positive_stats(stats) and len(stats["values"]) == 2
+    assert all(positive_stats(ratio) for ratio in train["ratios"].values())
+    assert "ours_stateful/bare_fused_stateful" in train["ratios"]
+
+    decode = results["decode"]
+    for n in ("4", "16"):
+        assert set(decode["ms_per_token"][n]) == set(speed.DECODE_VARIANTS)
+        assert all(positive_stats(stats) for stats in decode["ms_per_token"][n].values())
+        assert all(positive_stats(stats) for stats in decode["prefill_ms"][n].values())
+    for key in ("generate@16/generate@4", "generate/bare_loop@4", "generate/bare_loop@16"):
+        assert positive_stats(decode["ratios"][key])
+    assert set(results["targets"]) == {
+        "train ours/bare_fused",
+        "train ours_stateful/bare_fused_stateful",
+        "decode generate@16/generate@4",
+        "decode generate/bare_loop@4",
+        "decode generate/bare_loop@16",
+    }
+
+
+def test_compare_pairs_repeats(speed):
+    ratio = speed.compare([2.0, 4.0, 9.0], [1.0, 4.0, 3.0])
+    assert ratio["median"] == 2.0 and ratio["min"] == 1.0 and ratio["max"] == 3.0
+    assert ratio["ratio_of_medians"] == pytest.approx(4.0 / 3.0)
+    assert speed.rotated(("a", "b", "c"), 1) == ["b", "c", "a"]
