@@ -16,7 +16,10 @@ SECRET_NAMES = ("token", "hub_token", "push_to_hub_token", "password")
 
 def command_line(argv: list[str] | None = None) -> str:
     """The command as a user would retype it (shell-quoted), with the values of secret options blanked."""
-    argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
+    if Path(sys.argv[0]).name in ("rnn-lm", "__main__.py"):  # through the CLI: what the user typed
+        argv = ["rnn-lm", *sys.argv[1:]]
+    else:
+        argv = ["python", *(sys.argv if argv is None else [sys.argv[0], *argv])]
     for i, part in enumerate(argv):
         name = part.lstrip("-").split("=")[0].lower()
         if part.startswith("--") and any(secret in name for secret in SECRET_NAMES):
@@ -24,7 +27,7 @@ def command_line(argv: list[str] | None = None) -> str:
                 argv[i] = f"{part.split('=')[0]}=***"
             elif i + 1 < len(argv):
                 argv[i + 1] = "***"
-    return " ".join(shlex.quote(part) for part in ["python", *argv])
+    return " ".join(shlex.quote(part) for part in argv)
 
 
 def public_arguments(*arguments: Any) -> dict[str, Any]:

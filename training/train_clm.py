@@ -49,6 +49,7 @@ from rnn_lm_hf.trainer import CSVLogCallback, RNNLMTrainer, last_complete_checkp
 
 logger = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.json"
+DEMO_DATASET = "rnn_lm_hf built-in agreement corpus (rnn_lm_hf.demo_corpus)"
 DEMO_PROMPTS = ["the writer of the books", "the keys to the cabinet", "the doctors that the author likes"]
 
 
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             command=command_line(argv),
             arguments=public_arguments(model_args, data_args, training_args),
             metrics=metrics,
-            dataset=data_args.dataset_name or data_args.train_file,
+            dataset=DEMO_DATASET if is_demo else data_args.dataset_name or data_args.train_file,
             evaluation_protocol=protocol,
             wall_time_s=round(time.time() - started, 1),
         )
