@@ -211,7 +211,7 @@ def _to_dataset(path: Path, records: list, labeled: bool, label_names: Sequence[
         if label not in known:
             raise DataFormatError(
                 f"{where}: unknown label {label!r} (known: {list(label_names)}); fix the file or add it to the "
-                "label names (--label_names)"
+                "label values (--label_values)"
             )
     return _encode(texts, labels, label_names)
 

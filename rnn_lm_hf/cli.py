@@ -35,7 +35,7 @@ def run_training_script(module: str, argv: list[str]) -> int:
     import importlib
 
     script = importlib.import_module(f"rnn_lm_hf.training.{module}")
-    return script.run(json_config_to_argv(argv))
+    return script.cli(json_config_to_argv(argv))
 
 
 def demo(argv: list[str]) -> int:

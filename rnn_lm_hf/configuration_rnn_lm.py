@@ -158,6 +158,27 @@ class RNNLMConfig(PretrainedConfig):
                 "RNNLMForTokenClassification and RNNLMForSequenceClassification."
             )
 
+    def update_from_string(self, update_str: str) -> None:
+        """Apply `"hidden_size=256,cell_type=gru"` overrides (`--config_overrides`), then validate.
+
+        transformers' version casts each value to the type of the current one, so it cannot set a field that is
+        None by default (`embedding_size`, `classifier_dropout`); those values are parsed as int/float/None/str.
+        """
+        for item in update_str.split(","):
+            if not item.strip():
+                continue
+            key, sep, value = (part.strip() for part in item.partition("="))
+            if not sep or not hasattr(self, key):
+                raise ValueError(
+                    f"config override {item!r}: expected key=value with a field of RNNLMConfig, "
+                    "e.g. 'hidden_size=256,cell_type=gru'."
+                )
+            if getattr(self, key) is None:
+                setattr(self, key, _parse_scalar(value))
+            else:
+                super().update_from_string(f"{key}={value}")
+        self.check_architecture()
+
     # Derived values, computed here once so modules never re-derive them.
     @property
     def input_size(self) -> int:
@@ -187,6 +208,17 @@ class RNNLMConfig(PretrainedConfig):
     def layer_types(self) -> list[str]:
         # `DynamicCache(config=...)` reads this to build one recurrent (linear-attention) cache layer per layer.
         return ["linear_attention"] * self.num_hidden_layers
+
+
+def _parse_scalar(value: str) -> int | float | str | None:
+    if value.lower() in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -278,7 +278,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, corpus, case, message, capsys)
     args[args.index("--train_file") + 1] = str(train)
     if case == "vocab_mismatch":
         args = [a for a in args if a != "--config_overrides" and a != "hidden_size=32,num_hidden_layers=2"]
-    assert train_clm.run(args) == 2
+    assert train_clm.cli(args) == 2
     stderr = capsys.readouterr().err
     error = [line for line in stderr.splitlines() if line.startswith("error: ")]  # progress bars aside
     assert "Traceback" not in stderr and len(error) == 1 and message in error[0], stderr[-2000:]

@@ -169,7 +169,6 @@ def load_tokenizer_and_model(model_args: ModelArguments, train_texts):
         tokenizer.bos_token_id,
         tokenizer.eos_token_id,
     )
-    config.check_architecture()  # overrides went through setattr: validate them like the constructor does
     return tokenizer, RNNLMForCausalLM(config)
 
 
@@ -320,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return metrics
 
 
-def run(argv: list[str] | None = None) -> int:
+def cli(argv: list[str] | None = None) -> int:
     """Command-line entry: bad input ends with one line naming the problem and the fix, not a traceback."""
     try:
         main(argv)
@@ -331,4 +330,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(cli())

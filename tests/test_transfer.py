@@ -1,0 +1,175 @@
+"""Transfer from a causal-LM checkpoint into both heads (ULMFiT), discriminative learning rates, gradual unfreezing."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerState, TrainingArguments
+
+from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
+from rnn_lm_hf.tokenization import word_tokenizer_from_vocab
+from rnn_lm_hf.training import train_sequence_classification, train_token_classification
+from rnn_lm_hf.training.transfer import (
+    GradualUnfreezingCallback,
+    ModelArguments,
+    TransferArguments,
+    TransferTrainer,
+    apply_config_overrides,
+    build_model,
+    layer_groups,
+    parse_args,
+)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+COMMON = ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--seed", "0"]
+HEADS = {RNNLMForTokenClassification: "classifier", RNNLMForSequenceClassification: "score"}
+
+
+def fixture_words() -> list[str]:
+    ner = (FIXTURES / "ner" / "train.conll").read_text().split()
+    sentiment = (FIXTURES / "sentiment" / "train.tsv").read_text().split()
+    return sorted(set(ner + sentiment))
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru"])
+def lm_folder(request, tmp_path_factory) -> Path:
+    """A tiny causal LM (with an output projection, so the checkpoint has weights no head uses) and its tokenizer."""
+    folder = tmp_path_factory.mktemp(f"lm_{request.param}")
+    tokenizer = word_tokenizer_from_vocab(fixture_words())
+    config = RNNLMConfig(
+        vocab_size=len(tokenizer), hidden_size=16, embedding_size=12, num_hidden_layers=2, cell_type=request.param
+    )
+    torch.manual_seed(0)
+    RNNLMForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("head", list(HEADS), ids=lambda head: head.__name__)
+def test_lm_checkpoint_loads_into_head(lm_folder, head):
+    lm = RNNLMForCausalLM.from_pretrained(lm_folder)
+    model, info = head.from_pretrained(lm_folder, num_labels=3, output_loading_info=True)
+    head_name = HEADS[head]
+    assert sorted(info["missing_keys"]) == [f"{head_name}.bias", f"{head_name}.weight"]  # only the head is new
+    assert {"lm_head.bias", "projection.weight", "projection.bias"} <= set(info["unexpected_keys"])
+    lm_state, head_state = lm.model.state_dict(), model.model.state_dict()
+    assert lm_state.keys() == head_state.keys()
+    for name, tensor in lm_state.items():  # embeddings and every recurrent weight
+        torch.testing.assert_close(head_state[name], tensor, rtol=0, atol=0, msg=name)
+    assert getattr(model, head_name).weight.shape == (3, 16)
+
+
+@pytest.mark.parametrize("head", list(HEADS), ids=lambda head: head.__name__)
+def test_build_model_from_lm_keeps_architecture(lm_folder, head):
+    tokenizer = word_tokenizer_from_vocab(fixture_words())
+    id2label = {0: "neg", 1: "pos"}
+    args = ModelArguments(model_name_or_path=str(lm_folder), config_overrides="dropout=0.2,classifier_dropout=0.1")
+    model = build_model(head, args, tokenizer, id2label)
+    assert model.config.id2label == id2label and model.config.label2id == {"neg": 0, "pos": 1}
+    assert (model.config.dropout, model.config.classifier_dropout) == (0.2, 0.1)
+    args.config_overrides = "hidden_size=32,dropout=0.2"
+    with pytest.raises(ValueError, match="hidden_size would change the architecture"):
+        build_model(head, args, tokenizer, id2label)
+
+
+def test_apply_config_overrides_sets_none_fields_and_validates():
+    config = RNNLMConfig()
+    apply_config_overrides(config, "embedding_size=8,classifier_dropout=0.25,bidirectional=true,cell_type=gru")
+    assert (config.embedding_size, config.classifier_dropout, config.bidirectional, config.cell_type) == (
+        8,
+        0.25,
+        True,
+        "gru",
+    )
+    with pytest.raises(ValueError, match="'hidden=3'.*a field of RNNLMConfig"):
+        apply_config_overrides(config, "hidden=3")
+    with pytest.raises(ValueError, match="cell_type"):
+        apply_config_overrides(config, "cell_type=transformer")
+
+
+def test_fine_tune_tagger_from_lm_with_gradual_unfreezing(lm_folder, tmp_path):
+    ner = FIXTURES / "ner"
+    argv = ["--model_name_or_path", str(lm_folder), "--train_file", str(ner / "train.conll")]
+    argv += ["--test_file", str(ner / "test.conll"), "--output_dir", str(tmp_path), "--do_train", "--do_predict"]
+    # 24 sentences / batch 4 = 6 steps per epoch: 3 steps stay in epoch 1, where only the head trains.
+    argv += ["--gradual_unfreezing", "true", "--per_device_train_batch_size", "4", "--max_steps", "3"]
+    metrics = train_token_classification.main([*argv, "--learning_rate", "0.05", *COMMON])
+    assert "test_f1" in metrics and metrics["train_loss"] > 0
+    lm, tuned = load_file(lm_folder / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    for name, tensor in tuned.items():
+        if name.startswith("model."):
+            torch.testing.assert_close(tensor, lm[name], rtol=0, atol=0, msg=name)  # frozen in epoch 1
+    fresh = RNNLMForTokenClassification.from_pretrained(lm_folder, num_labels=6)
+    assert fresh.classifier.weight.shape == tuned["classifier.weight"].shape
+
+
+def test_fine_tune_classifier_from_lm_with_discriminative_lr(lm_folder, tmp_path):
+    sentiment = FIXTURES / "sentiment"
+    argv = ["--model_name_or_path", str(lm_folder), "--train_file", str(sentiment / "train.tsv")]
+    argv += ["--validation_file", str(sentiment / "dev.tsv"), "--output_dir", str(tmp_path), "--do_train", "--do_eval"]
+    argv += ["--layerwise_lr_decay", "2.6", "--config_overrides", "classifier_pooling=mean", "--max_steps", "3"]
+    metrics = train_sequence_classification.main([*argv, *COMMON])
+    assert "eval_accuracy" in metrics
+    lm, tuned = load_file(lm_folder / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert not torch.equal(tuned["model.embeddings.weight"], lm["model.embeddings.weight"])  # everything trains
+    assert not torch.equal(tuned["model.layers.0.rnn.weight_hh_l0"], lm["model.layers.0.rnn.weight_hh_l0"])
+
+
+def tiny_tagger() -> RNNLMForTokenClassification:
+    return RNNLMForTokenClassification(RNNLMConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2, num_labels=3))
+
+
+def test_discriminative_param_groups_have_ulmfit_learning_rates(tmp_path):
+    model = tiny_tagger()
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=0.01, weight_decay=0.1, use_cpu=True)
+    trainer = TransferTrainer(model=model, args=args, transfer_args=TransferArguments(layerwise_lr_decay=2.0))
+    optimizer = trainer.create_optimizer()
+    lrs = {}
+    for group in optimizer.param_groups:
+        lrs.setdefault(group["group_name"], set()).add(group["lr"])
+        if any(p is model.classifier.bias for p in group["params"]):
+            assert group["weight_decay"] == 0.0  # biases are never decayed, as in Trainer
+    assert lrs == {"head": {0.01}, "layer_1": {0.005}, "layer_0": {0.0025}, "embeddings": {0.00125}}
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+
+
+def test_gradual_unfreezing_callback_unfreezes_one_group_per_epoch():
+    model = tiny_tagger()
+    callback = GradualUnfreezingCallback(model)
+    assert [name for name, _ in layer_groups(model)] == ["head", "layer_1", "layer_0", "embeddings"]
+
+    def trainable_modules() -> set[str]:
+        # "model.layers.1.rnn.weight_ih_l0" -> "model.layers.1"; "classifier.weight" -> "classifier"
+        return {
+            ".".join(name.split(".")[:3]) if name.startswith("model.layers.") else name.rsplit(".", 1)[0]
+            for name, param in model.named_parameters()
+            if param.requires_grad
+        }
+
+    top_down = ["classifier", "model.layers.1", "model.layers.0", "model.embeddings"]
+    for epoch in range(6):  # epoch k trains the top k+1 groups; from epoch 3 on, everything
+        callback.on_epoch_begin(None, TrainerState(epoch=float(epoch)), None)
+        assert trainable_modules() == set(top_down[: epoch + 1]), epoch
+    callback.on_epoch_begin(None, TrainerState(epoch=0.0), None)
+    callback.on_train_end(None, TrainerState(), None)
+    assert trainable_modules() == set(top_down)
+
+
+def test_parse_args_json_then_flags(tmp_path):
+    config = tmp_path / "args.json"
+    config.write_text('{"config_overrides": "hidden_size=8", "layerwise_lr_decay": 2.6, "gradual_unfreezing": true}')
+    model_args, transfer_args = parse_args((ModelArguments, TransferArguments), [str(config)])
+    assert (model_args.config_overrides, transfer_args.layerwise_lr_decay, transfer_args.gradual_unfreezing) == (
+        "hidden_size=8",
+        2.6,
+        True,
+    )
+    # Flags after the file win (the benchmark driver points a config at another output folder this way).
+    _, transfer_args = parse_args((ModelArguments, TransferArguments), [str(config), "--gradual_unfreezing", "false"])
+    assert transfer_args.gradual_unfreezing is False and transfer_args.layerwise_lr_decay == 2.6
+    config.write_text('{"no_such_option": 1}')
+    with pytest.raises(ValueError, match="no_such_option"):
+        parse_args((ModelArguments, TransferArguments), [str(config)])

@@ -1,0 +1,312 @@
+"""Fine-tune an RNN-LM sentence classifier (sentiment) in the shape of transformers' `run_glue.py`.
+
+From scratch on tsv/csv/jsonl files with text and label columns (a word-level tokenizer trained on the train split):
+
+    python training/train_sequence_classification.py training/configs/sentiment_bilstm_tiny.json
+
+10-fold cross-validation on the one-file-per-class layout (rt-polarity: `rt-polarity.pos` / `.neg`, Latin-1), from
+a causal-LM checkpoint with ULMFiT's discriminative learning rates:
+
+    python training/train_sequence_classification.py --model_name_or_path runs/lm_wikitext2 \\
+        --train_file ../shared/data/rt-polarity --encoding latin-1 --cv_folds 10 \\
+        --layerwise_lr_decay 2.6 --do_train --output_dir runs/rt_polarity
+
+Inputs: a file (`.tsv`, `.csv`, `.jsonl`, or `stsa.binary.*` `<label> <sentence>` lines) or a folder of class files.
+Label names come from the train split and are stored in the config. Metrics: accuracy and macro-F1 through the
+package's `classification` metric. Data errors exit with status 2 and one line naming the file and line.
+"""
+
+import copy
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import evaluate
+import numpy as np
+import transformers
+from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
+
+from rnn_lm_hf import RNNLMConfig, RNNLMForSequenceClassification
+from rnn_lm_hf.classification_data import kfold_splits, load_classification_dataset
+from rnn_lm_hf.metrics import metric_path
+from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
+from rnn_lm_hf.tagging_data import DataFormatError
+from rnn_lm_hf.training.transfer import (
+    ModelArguments,
+    TransferArguments,
+    TransferTrainer,
+    build_model,
+    get_tokenizer,
+    parse_args,
+)
+
+
+logger = logging.getLogger(__name__)
+
+REPORTED_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
+
+
+@dataclass
+class DataArguments:
+    """Which files to read and how to split them."""
+
+    train_file: str | None = field(
+        default=None, metadata={"help": "Training data: a .tsv/.csv/.jsonl/stsa.binary.* file or a class-file folder."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data (same layouts)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data (same layouts), scored by --do_predict."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Name recorded in run_info.json and the model card (files are read locally)."}
+    )
+    text_column: str | None = field(default=None, metadata={"help": "Text column (default: 'sentence' or 'text')."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: 'label')."})
+    file_format: str | None = field(
+        default=None, metadata={"help": "tsv, csv, jsonl or label_first (default: from the file name)."}
+    )
+    classes: list[str] | None = field(
+        default=None, metadata={"help": "Class-file folder: the file suffixes that are classes (e.g. pos neg)."}
+    )
+    # Not `label_names`: TrainingArguments owns that option (the batch keys holding labels).
+    label_values: list[str] | None = field(
+        default=None, metadata={"help": "Labels as written in the files, in id order (default: sorted train labels)."}
+    )
+    encoding: str = field(default="utf-8", metadata={"help": "Encoding of the data files (rt-polarity: latin-1)."})
+    cv_folds: int | None = field(
+        default=None,
+        metadata={"help": "No test split: k-fold cross-validation on --train_file (stratified; rt-polarity: 10)."},
+    )
+    validation_split_percentage: int | None = field(
+        default=None,
+        metadata={"help": "Without --validation_file: hold out this percentage of the training data (stratified)."},
+    )
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncate longer texts (in tokens); the RNN itself has no length limit."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test examples."})
+
+    def __post_init__(self):
+        if self.train_file is None and self.test_file is None and self.validation_file is None:
+            raise ValueError("pass --train_file (and --validation_file / --test_file), files or class-file folders")
+        for option in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, option)
+            if path is not None and not Path(path).exists():
+                raise FileNotFoundError(f"--{option} {path}: no such file or folder (relative to {Path.cwd()})")
+        if self.cv_folds is not None:
+            if self.test_file is not None or self.train_file is None:
+                raise ValueError("--cv_folds splits --train_file into folds: leave out --test_file")
+            if self.cv_folds < 2:
+                raise ValueError(f"--cv_folds must be >= 2, got {self.cv_folds}")
+        if self.validation_split_percentage is not None:
+            if self.validation_file is not None:
+                raise ValueError("pass either --validation_file or --validation_split_percentage, not both")
+            if not 0 < self.validation_split_percentage < 100:
+                raise ValueError(
+                    f"--validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}"
+                )
+
+
+def read_splits(data_args: DataArguments, label_names: list[str] | None) -> datasets.DatasetDict:
+    data_files = {
+        split: path
+        for split, path in (
+            ("train", data_args.train_file),
+            ("validation", data_args.validation_file),
+            ("test", data_args.test_file),
+        )
+        if path
+    }
+    reader_kwargs = {"text_column": data_args.text_column, "label_column": data_args.label_column}
+    reader_kwargs.update(file_format=data_args.file_format, classes=data_args.classes)
+    raw = load_classification_dataset(
+        data_files, label_names=label_names, encoding=data_args.encoding, **reader_kwargs
+    )
+    for split, limit in (
+        ("train", data_args.max_train_samples),
+        ("validation", data_args.max_eval_samples),
+        ("test", data_args.max_predict_samples),
+    ):
+        if split in raw and limit is not None:
+            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+    return raw
+
+
+def make_compute_metrics(num_labels: int):
+    metric = evaluate.load(metric_path("classification"), keep_in_memory=True)
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        logits = (
+            eval_prediction.predictions[0]
+            if isinstance(eval_prediction.predictions, tuple)
+            else eval_prediction.predictions
+        )
+        scores = metric.compute(
+            predictions=np.argmax(logits, axis=-1),
+            references=eval_prediction.label_ids,
+            labels=list(range(num_labels)),
+        )
+        return {name: scores[name] for name in REPORTED_METRICS}
+
+    return compute_metrics
+
+
+def train_and_evaluate(
+    raw: datasets.DatasetDict,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    transfer_args: TransferArguments,
+    training_args: TrainingArguments,
+) -> dict[str, float]:
+    """One run: tokenizer, model and Trainer on raw["train"] (+ "validation", "test"), saved in output_dir."""
+    set_seed(training_args.seed)
+    if data_args.validation_split_percentage and "train" in raw:
+        held_out = raw["train"].train_test_split(
+            test_size=data_args.validation_split_percentage / 100, seed=training_args.seed, stratify_by_column="label"
+        )
+        raw = datasets.DatasetDict({**raw, "train": held_out["train"], "validation": held_out["test"]})
+    label_names = (raw["train"] if "train" in raw else next(iter(raw.values()))).features["label"].names
+    id2label = dict(enumerate(label_names))
+
+    tokenizer = get_tokenizer(model_args, lambda: iter(raw["train"]["text"]))
+    model = build_model(RNNLMForSequenceClassification, model_args, tokenizer, id2label)
+
+    def preprocess(examples):
+        truncate = data_args.max_seq_length is not None
+        return tokenizer(examples["text"], truncation=truncate, max_length=data_args.max_seq_length)
+
+    with training_args.main_process_first(desc="tokenize"):
+        encoded = raw.map(preprocess, batched=True, remove_columns=["text"], desc="Tokenizing")
+
+    trainer = TransferTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=encoded["train"] if training_args.do_train else None,
+        eval_dataset=encoded.get("validation"),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=make_compute_metrics(len(label_names)),
+        transfer_args=transfer_args,
+    )
+    metrics: dict[str, float] = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # the tokenizer is saved beside it (processing_class)
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if training_args.do_predict:
+        output = trainer.predict(encoded["test"], metric_key_prefix="test")
+        trainer.log_metrics("test", output.metrics)
+        trainer.save_metrics("test", output.metrics)
+        metrics.update(output.metrics)
+        if trainer.is_world_process_zero():
+            predicted = np.argmax(output.predictions, axis=-1)
+            lines = [f"{id2label[int(p)]}\t{text}\n" for p, text in zip(predicted, raw["test"]["text"])]
+            (Path(training_args.output_dir) / "test_predictions.tsv").write_text("".join(lines), encoding="utf-8")
+    return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float, np.number))}
+
+
+def cross_validate(raw, model_args, data_args, transfer_args, training_args) -> dict[str, float]:
+    """k runs, each tested on one fold and trained on the rest (its own tokenizer too); mean and std of test scores."""
+    fold_metrics = []
+    for fold, split in enumerate(kfold_splits(raw["train"], k=data_args.cv_folds, seed=training_args.seed)):
+        logger.info(
+            "***** Fold %d/%d: %d train, %d test *****", fold + 1, data_args.cv_folds, *map(len, split.values())
+        )
+        fold_args = copy.deepcopy(training_args)
+        fold_args.output_dir = str(Path(training_args.output_dir) / f"fold_{fold}")
+        fold_args.do_predict = True
+        if "validation" in raw:  # a validation file serves every fold
+            split["validation"] = raw["validation"]
+        fold_metrics.append(train_and_evaluate(split, model_args, data_args, transfer_args, fold_args))
+    metrics = {}
+    for name in REPORTED_METRICS:
+        values = np.array([m[f"test_{name}"] for m in fold_metrics])
+        metrics.update({f"cv_{name}_mean": float(values.mean()), f"cv_{name}_std": float(values.std(ddof=1))})
+        metrics.update({f"fold_{i}_test_{name}": float(v) for i, v in enumerate(values)})
+    logger.info(
+        "%d-fold accuracy %.4f +- %.4f", data_args.cv_folds, metrics["cv_accuracy_mean"], metrics["cv_accuracy_std"]
+    )
+    if training_args.should_save:
+        path = Path(training_args.output_dir) / "cv_results.json"
+        path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    start = time.perf_counter()
+    model_args, data_args, transfer_args, training_args = parse_args(
+        (ModelArguments, DataArguments, TransferArguments, TrainingArguments), argv
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if training_args.do_train and data_args.train_file is None:
+        raise ValueError("--do_train needs --train_file")
+    if training_args.do_eval and not (data_args.validation_file or data_args.validation_split_percentage):
+        raise ValueError("--do_eval needs --validation_file or --validation_split_percentage")
+    if training_args.do_predict and not (data_args.test_file or data_args.cv_folds):
+        raise ValueError("--do_predict needs --test_file (or --cv_folds)")
+
+    # Label names: given, from the train split, or (evaluation only) from the fine-tuned checkpoint.
+    label_names = data_args.label_values
+    if label_names is None and data_args.train_file is None:
+        if model_args.model_name_or_path is None:
+            raise ValueError("without --train_file, pass a fine-tuned classifier as --model_name_or_path")
+        id2label = RNNLMConfig.from_pretrained(model_args.model_name_or_path).id2label
+        label_names = [id2label[i] for i in range(len(id2label))]
+    raw = read_splits(data_args, label_names)
+    logger.info(
+        "Splits: %s; labels: %s", {k: len(v) for k, v in raw.items()}, raw[next(iter(raw))].features["label"].names
+    )
+
+    if data_args.cv_folds:
+        metrics = cross_validate(raw, model_args, data_args, transfer_args, training_args)
+        protocol = (
+            f"{data_args.cv_folds}-fold stratified cross-validation (seed {training_args.seed}): mean and std of the "
+            "test folds' accuracy and macro-F1"
+        )
+    else:
+        metrics = train_and_evaluate(raw, model_args, data_args, transfer_args, training_args)
+        validation = data_args.validation_file or f"{data_args.validation_split_percentage}% of train held out"
+        protocol = f"accuracy and macro-F1; validation: {validation}; test: {data_args.test_file}"
+
+    if training_args.should_save:
+        save_run_info(
+            training_args.output_dir,
+            task="sequence-classification",
+            command=command_line(argv),
+            arguments=public_arguments(model_args, data_args, transfer_args, training_args),
+            metrics=metrics,
+            dataset=data_args.dataset_name or str(data_args.train_file or data_args.test_file),
+            evaluation_protocol=protocol,
+            wall_time_s=round(time.perf_counter() - start, 1),
+        )
+        # Model card, from run_info.json (rnn_lm_hf.hub; wired in by the model-card work, not imported here):
+        # write_model_card(training_args.output_dir)
+    return metrics
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Command-line entry: user errors (bad data, bad options) print one line and return exit status 2."""
+    try:
+        main(argv)
+    except (DataFormatError, ValueError, FileNotFoundError) as err:
+        logger.debug("Traceback", exc_info=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

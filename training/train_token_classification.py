@@ -1,0 +1,325 @@
+"""Fine-tune an RNN-LM tagger (NER, POS) on CoNLL column files or CoNLL-U, in the shape of transformers' `run_ner.py`.
+
+From scratch (a word-level tokenizer trained on the train split, a BiLSTM from the config defaults + overrides):
+
+    python training/train_token_classification.py training/configs/tagger_bilstm_tiny.json
+
+From a causal-LM checkpoint (ULMFiT-style transfer: its embeddings and recurrent layers, a new tagging head):
+
+    python training/train_token_classification.py --model_name_or_path runs/lm_wikitext2 \\
+        --train_file train.conll --validation_file dev.conll --test_file test.conll \\
+        --layerwise_lr_decay 2.6 --gradual_unfreezing --do_train --do_eval --do_predict --output_dir runs/ner
+
+Tags come from the train split and are stored in the config (`id2label`/`label2id`). Entity tags (`B-PER`, IOB1,
+IOB2 or BIOES) are scored with entity-level F1 (seqeval semantics) plus token accuracy; other tags (UPOS, XPOS) with
+token accuracy. Data errors exit with status 2 and one line naming the file and line.
+"""
+
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import evaluate
+import numpy as np
+import transformers
+from transformers import DataCollatorForTokenClassification, TrainingArguments, set_seed
+
+from rnn_lm_hf import RNNLMConfig, RNNLMForTokenClassification
+from rnn_lm_hf.metrics import metric_path
+from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
+from rnn_lm_hf.tagging_data import (
+    DataFormatError,
+    label_list,
+    load_tagging_dataset,
+    strip_ignored,
+    tokenize_and_align_labels,
+)
+from rnn_lm_hf.training.transfer import (
+    ModelArguments,
+    TransferArguments,
+    TransferTrainer,
+    build_model,
+    get_tokenizer,
+    parse_args,
+)
+
+
+logger = logging.getLogger(__name__)
+
+LABEL_SCHEMES = ("auto", "IOB1", "IOB2", "BIOES", "none")
+CHUNK_TAG = re.compile(r"^(O|[BIES]-.+)$")
+
+
+@dataclass
+class DataArguments:
+    """Which files to read and how to score them."""
+
+    train_file: str | None = field(default=None, metadata={"help": "Training data: CoNLL columns or CoNLL-U."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data (same format)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data (same format), scored by --do_predict."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Name recorded in run_info.json and the model card (files are read locally)."}
+    )
+    file_format: str | None = field(
+        default=None, metadata={"help": "'conll' or 'conllu' (default: 'conllu' for *.conllu files, else 'conll')."}
+    )
+    token_column: int = field(default=0, metadata={"help": "CoNLL: column of the token (0-based)."})
+    tag_column: int = field(default=-1, metadata={"help": "CoNLL: column of the tag (negative counts from the end)."})
+    conllu_tag: str = field(default="upos", metadata={"help": "CoNLL-U: tag column, 'upos' or 'xpos'."})
+    encoding: str = field(default="utf-8", metadata={"help": "Encoding of the data files."})
+    unknown_label: str | None = field(
+        default=None,
+        metadata={"help": "Map tags of eval/test files unseen in training to this label (e.g. O) instead of failing."},
+    )
+    label_all_tokens: bool = field(
+        default=False,
+        metadata={"help": "Label every sub-token of a word (B-X -> I-X after the first), not only the first one."},
+    )
+    label_scheme: str = field(
+        default="auto",
+        metadata={
+            "help": f"One of {LABEL_SCHEMES}. auto: entity F1 with conlleval chunking when all tags are O or "
+            "B-/I-/E-/S-X, else token accuracy only. IOB1/IOB2/BIOES: strict seqeval. none: token accuracy only."
+        },
+    )
+    return_entity_level_metrics: bool = field(default=False, metadata={"help": "Also report F1 per entity type."})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncate longer sentences (in tokens); the RNN itself has no length limit."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training sentences."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation sentences."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test sentences."})
+
+    def __post_init__(self):
+        if not (self.train_file or self.validation_file or self.test_file):
+            raise ValueError("pass --train_file (and --validation_file / --test_file) with CoNLL or CoNLL-U data")
+        for option in ("train_file", "validation_file", "test_file"):
+            path = getattr(self, option)
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"--{option} {path}: no such file (relative to {Path.cwd()})")
+        if self.file_format not in (None, "conll", "conllu"):
+            raise ValueError(f"--file_format must be 'conll' or 'conllu', got {self.file_format!r}")
+        if self.conllu_tag not in ("upos", "xpos"):
+            raise ValueError(f"--conllu_tag must be 'upos' or 'xpos', got {self.conllu_tag!r}")
+        if self.label_scheme not in LABEL_SCHEMES:
+            raise ValueError(f"--label_scheme must be one of {', '.join(LABEL_SCHEMES)}, got {self.label_scheme!r}")
+
+
+def read_splits(data_args: DataArguments, labels: list[str] | None) -> tuple[datasets.DatasetDict, list[str]]:
+    """The splits, every tag checked against `labels` (default: the whole train split's, before --max_train_samples)."""
+    data_files = {
+        split: path
+        for split, path in (
+            ("train", data_args.train_file),
+            ("validation", data_args.validation_file),
+            ("test", data_args.test_file),
+        )
+        if path
+    }
+    first = next(iter(data_files.values()))
+    file_format = data_args.file_format or ("conllu" if first.endswith(".conllu") else "conll")
+    reader_kwargs = (
+        {"tag": data_args.conllu_tag}
+        if file_format == "conllu"
+        else {"token_column": data_args.token_column, "tag_column": data_args.tag_column}
+    )
+    raw = load_tagging_dataset(
+        data_files,
+        file_format=file_format,
+        labels=labels,
+        unknown_label=data_args.unknown_label,
+        encoding=data_args.encoding,
+        **reader_kwargs,
+    )
+    labels = labels or label_list(raw["train"])
+    for split, limit in (
+        ("train", data_args.max_train_samples),
+        ("validation", data_args.max_eval_samples),
+        ("test", data_args.max_predict_samples),
+    ):
+        if split in raw and limit is not None:
+            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+    return raw, labels
+
+
+def word_prefix(tokenizer) -> str:
+    """What to put before every word but the first so split words encode like running text (as pipelines see it)."""
+    pre_tokenizer = tokenizer.backend_tokenizer.pre_tokenizer
+    if type(pre_tokenizer).__name__ == "ByteLevel" and not getattr(pre_tokenizer, "add_prefix_space", True):
+        return " "  # byte-level BPE: mid-sentence words start with a space byte (Ġword)
+    if tokenizer(" ", add_special_tokens=False).input_ids:
+        raise ValueError(
+            "the tokenizer turns spaces into tokens (character level?), so the first sub-token of a word would not "
+            "be the one labelled in running text; use --tokenizer_kind word or bpe"
+        )
+    return ""
+
+
+def chunk_scheme(data_args: DataArguments, labels: list[str]) -> str | None:
+    """The seqeval scheme to score with, "conlleval" for default chunking, or None for token accuracy only."""
+    if data_args.label_scheme == "none":
+        return None
+    if data_args.label_scheme != "auto":
+        return data_args.label_scheme
+    return "conlleval" if all(CHUNK_TAG.match(label) for label in labels) and labels != ["O"] else None
+
+
+def make_compute_metrics(id2label: dict[int, str], scheme: str | None, entity_level: bool):
+    accuracy = evaluate.load(metric_path("accuracy"), keep_in_memory=True)
+    seqeval = evaluate.load(metric_path("seqeval_f1"), keep_in_memory=True) if scheme else None
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids  # (batch, seq_len) ids
+        metrics = {
+            "accuracy": accuracy.compute(predictions=predictions.ravel(), references=labels.ravel())["accuracy"]
+        }
+        if seqeval is not None:
+            pred_tags, true_tags = strip_ignored(predictions, labels, id2label)
+            scores = seqeval.compute(
+                predictions=pred_tags, references=true_tags, scheme=None if scheme == "conlleval" else scheme
+            )
+            metrics.update({name: scores[f"overall_{name}"] for name in ("precision", "recall", "f1")})
+            if entity_level:
+                for entity_type, values in scores.items():
+                    if isinstance(values, dict):
+                        metrics.update(
+                            {f"{entity_type}_{name}": values[name] for name in ("precision", "recall", "f1")}
+                        )
+        return metrics
+
+    return compute_metrics
+
+
+def write_predictions(path: Path, sentences: list[list[str]], gold: list[list[str]], predictions, label_ids, id2label):
+    """CoNLL `token gold predicted` lines (conlleval's input) when there is one prediction per word."""
+    pred_tags, _ = strip_ignored(predictions, label_ids, id2label)
+    if any(len(p) != len(words) for p, words in zip(pred_tags, sentences)):
+        logger.warning("Not writing %s: truncation or --label_all_tokens gives more or fewer tags than words", path)
+        return
+    with path.open("w", encoding="utf-8") as f:
+        for words, gold_tags, tags in zip(sentences, gold, pred_tags):
+            f.writelines(f"{w} {g} {p}\n" for w, g, p in zip(words, gold_tags, tags))
+            f.write("\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    start = time.perf_counter()
+    model_args, data_args, transfer_args, training_args = parse_args(
+        (ModelArguments, DataArguments, TransferArguments, TrainingArguments), argv
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+    for flag, option in (("do_train", "train_file"), ("do_eval", "validation_file"), ("do_predict", "test_file")):
+        if getattr(training_args, flag) and getattr(data_args, option) is None:
+            raise ValueError(f"--{flag} needs --{option}")
+
+    # Labels: from the train split, or (evaluation only) from the fine-tuned checkpoint.
+    labels = None
+    if data_args.train_file is None:
+        if model_args.model_name_or_path is None:
+            raise ValueError("without --train_file, pass a fine-tuned tagger as --model_name_or_path")
+        id2label = RNNLMConfig.from_pretrained(model_args.model_name_or_path).id2label
+        labels = [id2label[i] for i in range(len(id2label))]
+    raw, labels = read_splits(data_args, labels)
+    id2label = dict(enumerate(labels))
+    label2id = {label: i for i, label in id2label.items()}
+    logger.info("%d labels: %s", len(labels), labels)
+
+    tokenizer = get_tokenizer(model_args, lambda: (" ".join(tokens) for tokens in raw["train"]["tokens"]))
+    model = build_model(RNNLMForTokenClassification, model_args, tokenizer, id2label)
+    prefix = word_prefix(tokenizer)
+
+    def preprocess(examples):
+        words = [[word if i == 0 else prefix + word for i, word in enumerate(s)] for s in examples["tokens"]]
+        encoded = tokenize_and_align_labels(
+            {"tokens": words, "tags": examples["tags"]},
+            tokenizer,
+            label2id,
+            label_all_tokens=data_args.label_all_tokens,
+            max_length=data_args.max_seq_length,
+        )
+        return {key: encoded[key] for key in ("input_ids", "attention_mask", "labels")}
+
+    with training_args.main_process_first(desc="tokenize and align labels"):
+        encoded = raw.map(preprocess, batched=True, remove_columns=["tokens", "tags"], desc="Tokenizing")
+
+    scheme = chunk_scheme(data_args, labels)
+    logger.info("Scoring with %s", f"entity F1 ({scheme}) and token accuracy" if scheme else "token accuracy")
+    trainer = TransferTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=encoded["train"] if training_args.do_train else None,
+        eval_dataset=encoded.get("validation"),
+        processing_class=tokenizer,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=make_compute_metrics(id2label, scheme, data_args.return_entity_level_metrics),
+        # Keep argmax ids, not (batch, seq_len, num_labels) logits, across the eval loop.
+        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+        transfer_args=transfer_args,
+    )
+
+    metrics: dict[str, float] = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # the tokenizer is saved beside it (processing_class)
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if training_args.do_predict:
+        output = trainer.predict(encoded["test"], metric_key_prefix="test")
+        trainer.log_metrics("test", output.metrics)
+        trainer.save_metrics("test", output.metrics)
+        metrics.update(output.metrics)
+        if trainer.is_world_process_zero():
+            write_predictions(
+                Path(training_args.output_dir) / "test_predictions.conll",
+                raw["test"]["tokens"],
+                raw["test"]["tags"],
+                output.predictions,
+                output.label_ids,
+                id2label,
+            )
+
+    metrics = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float, np.number))}
+    if trainer.is_world_process_zero():
+        metric_name = f"entity F1 ({scheme}) and token accuracy" if scheme else "token accuracy"
+        save_run_info(
+            training_args.output_dir,
+            task="token-classification",
+            command=command_line(argv),
+            arguments=public_arguments(model_args, data_args, transfer_args, training_args),
+            metrics=metrics,
+            dataset=data_args.dataset_name or str(data_args.train_file or data_args.test_file),
+            evaluation_protocol=f"{metric_name} on the first sub-token of every word; validation: "
+            f"{data_args.validation_file}, test: {data_args.test_file}",
+            wall_time_s=round(time.perf_counter() - start, 1),
+        )
+        # Model card, from run_info.json (rnn_lm_hf.hub; wired in by the model-card work, not imported here):
+        # write_model_card(training_args.output_dir)
+    return metrics
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Command-line entry: user errors (bad data, bad options) print one line and return exit status 2."""
+    try:
+        main(argv)
+    except (DataFormatError, ValueError, FileNotFoundError) as err:
+        logger.debug("Traceback", exc_info=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
