@@ -13,6 +13,7 @@ that the folder loads as Hub code (`validate_folder`) and only then talks to the
 import argparse
 import ast
 import json
+import logging
 import math
 import os
 import re
@@ -30,6 +31,9 @@ from huggingface_hub.utils import validate_repo_id
 
 from .modeling_rnn_lm import AUTO_MAP
 from .run_info import RUN_INFO_FILE, load_run_info
+
+
+logger = logging.getLogger(__name__)
 
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
@@ -232,6 +236,28 @@ def write_model_card(
     path = folder / CARD_FILE
     path.write_text(card.content if card.content.endswith("\n") else card.content + "\n", encoding="utf-8")
     return path
+
+
+def finish_run(output_dir: str | Path, training_args, push_to_hub: bool) -> None:
+    """End of every training script: write the model card and, with `--push_to_hub`, publish the folder.
+
+    Scripts turn Trainer's own `push_to_hub` off (it would push every checkpoint and overwrite the card) and call
+    this once instead. A run without evaluation metrics gets no card, with a warning: it has nothing to report.
+    """
+    try:
+        write_model_card(output_dir, repo_id=training_args.hub_model_id)
+    except ValueError as error:
+        if push_to_hub:
+            raise
+        logger.warning(f"No model card written: {error}")
+        return
+    if push_to_hub:
+        repo_id = training_args.hub_model_id or Path(output_dir).resolve().name
+        url = publish(
+            output_dir, repo_id, private=bool(training_args.hub_private_repo),
+            revision=getattr(training_args, "hub_revision", None), token=training_args.hub_token,
+        )  # fmt: skip
+        print(f"[hub] published {repo_id}: {url}")
 
 
 def _run_metrics(folder: Path) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def test_metrics_and_saved_folder(classifier):
     config = json.loads((folder / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1"} and config["architectures"] == ["RNNLMForSequenceClassification"]
     run_info = json.loads((folder / "run_info.json").read_text())
+    card = (folder / "README.md").read_text()  # the model card, written from the run
+    assert "pipeline_tag: token-classification" in card or "pipeline_tag: text-classification" in card
     assert run_info["task"] == "sequence-classification" and run_info["metrics"] == metrics
     assert len((folder / "test_predictions.tsv").read_text().splitlines()) == 4
 

@@ -53,6 +53,8 @@ def test_metrics_and_saved_folder(tagger):
     assert config["label2id"] == {label: i for i, label in enumerate(labels)}
     assert config["bidirectional"] is True and config["architectures"] == ["RNNLMForTokenClassification"]
     run_info = json.loads((folder / "run_info.json").read_text())
+    card = (folder / "README.md").read_text()  # the model card, written from the run
+    assert "pipeline_tag: token-classification" in card or "pipeline_tag: text-classification" in card
     assert run_info["task"] == "token-classification" and run_info["metrics"]["test_f1"] == metrics["test_f1"]
     predictions = (folder / "test_predictions.conll").read_text().split("\n\n")
     assert predictions[0].splitlines()[0].split(" ")[:2] == (NER / "test.conll").read_text().split("\n")[0].split("\t")

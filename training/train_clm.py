@@ -41,7 +41,7 @@ from rnn_lm_hf.data import (
     tokenize_to_stream,
 )
 from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_demo_corpus
-from rnn_lm_hf.hub import publish, write_model_card
+from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
 from rnn_lm_hf.trainer import CSVLogCallback, RNNLMTrainer, last_complete_checkpoint
@@ -304,16 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             evaluation_protocol=protocol,
             wall_time_s=round(time.time() - started, 1),
         )
-        write_model_card(training_args.output_dir, repo_id=training_args.hub_model_id)
-        if push_to_hub:
-            url = publish(
-                training_args.output_dir,
-                training_args.hub_model_id or Path(training_args.output_dir).name,
-                private=bool(training_args.hub_private_repo),
-                revision=training_args.hub_revision,
-                token=training_args.hub_token,
-            )
-            print(f"[hub] published: {url}")
+        finish_run(training_args.output_dir, training_args, push_to_hub)
         ppl = {key: round(value, 2) for key, value in metrics.items() if key.endswith("perplexity")}
         print(f"[result] perplexity {ppl} (vocabulary {len(tokenizer)}); model saved to {training_args.output_dir}")
     return metrics

@@ -32,6 +32,7 @@ from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForSequenceClassification
 from rnn_lm_hf.classification_data import kfold_splits, load_classification_dataset
+from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tagging_data import DataFormatError
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    # Published once at the end with the card (rnn_lm_hf.hub.finish_run), not checkpoint by checkpoint by Trainer.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     if training_args.do_train and data_args.train_file is None:
         raise ValueError("--do_train needs --train_file")
     if training_args.do_eval and not (data_args.validation_file or data_args.validation_split_percentage):
@@ -292,8 +295,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             evaluation_protocol=protocol,
             wall_time_s=round(time.perf_counter() - start, 1),
         )
-        # Model card, from run_info.json (rnn_lm_hf.hub; wired in by the model-card work, not imported here):
-        # write_model_card(training_args.output_dir)
+        if not data_args.cv_folds:  # cross-validation leaves one model per fold, not one to describe
+            finish_run(training_args.output_dir, training_args, push_to_hub)
     return metrics
 
 

@@ -29,6 +29,7 @@ import transformers
 from transformers import DataCollatorForTokenClassification, TrainingArguments, set_seed
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForTokenClassification
+from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tagging_data import (
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     set_seed(training_args.seed)
+    # Published once at the end with the card (rnn_lm_hf.hub.finish_run), not checkpoint by checkpoint by Trainer.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     for flag, option in (("do_train", "train_file"), ("do_eval", "validation_file"), ("do_predict", "test_file")):
         if getattr(training_args, flag) and getattr(data_args, option) is None:
             raise ValueError(f"--{flag} needs --{option}")
@@ -305,8 +308,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{data_args.validation_file}, test: {data_args.test_file}",
             wall_time_s=round(time.perf_counter() - start, 1),
         )
-        # Model card, from run_info.json (rnn_lm_hf.hub; wired in by the model-card work, not imported here):
-        # write_model_card(training_args.output_dir)
+        finish_run(training_args.output_dir, training_args, push_to_hub)
     return metrics
 
 
