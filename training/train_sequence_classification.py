@@ -43,6 +43,7 @@ from rnn_lm_hf.training.transfer import (
     build_model,
     get_tokenizer,
     parse_args,
+    train_evaluate_predict,
 )
 
 
@@ -193,29 +194,12 @@ def train_and_evaluate(
         compute_metrics=make_compute_metrics(len(label_names)),
         transfer_args=transfer_args,
     )
-    metrics: dict[str, float] = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()  # the tokenizer is saved beside it (processing_class)
-        trainer.save_state()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        metrics.update(result.metrics)
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    if training_args.do_predict:
-        output = trainer.predict(encoded["test"], metric_key_prefix="test")
-        trainer.log_metrics("test", output.metrics)
-        trainer.save_metrics("test", output.metrics)
-        metrics.update(output.metrics)
-        if trainer.is_world_process_zero():
-            predicted = np.argmax(output.predictions, axis=-1)
-            lines = [f"{id2label[int(p)]}\t{text}\n" for p, text in zip(predicted, raw["test"]["text"])]
-            (Path(training_args.output_dir) / "test_predictions.tsv").write_text("".join(lines), encoding="utf-8")
-    return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float, np.number))}
+    metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))
+    if output is not None and trainer.is_world_process_zero():
+        predicted = np.argmax(output.predictions, axis=-1)
+        lines = [f"{id2label[int(p)]}\t{text}\n" for p, text in zip(predicted, raw["test"]["text"])]
+        (Path(training_args.output_dir) / "test_predictions.tsv").write_text("".join(lines), encoding="utf-8")
+    return metrics
 
 
 def cross_validate(raw, model_args, data_args, transfer_args, training_args) -> dict[str, float]:

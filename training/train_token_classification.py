@@ -24,7 +24,6 @@ from pathlib import Path
 
 import datasets
 import evaluate
-import numpy as np
 import transformers
 from transformers import DataCollatorForTokenClassification, TrainingArguments, set_seed
 
@@ -46,6 +45,7 @@ from rnn_lm_hf.training.transfer import (
     build_model,
     get_tokenizer,
     parse_args,
+    train_evaluate_predict,
 )
 
 
@@ -266,35 +266,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         transfer_args=transfer_args,
     )
 
-    metrics: dict[str, float] = {}
-    if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()  # the tokenizer is saved beside it (processing_class)
-        trainer.save_state()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        metrics.update(result.metrics)
-    if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-    if training_args.do_predict:
-        output = trainer.predict(encoded["test"], metric_key_prefix="test")
-        trainer.log_metrics("test", output.metrics)
-        trainer.save_metrics("test", output.metrics)
-        metrics.update(output.metrics)
-        if trainer.is_world_process_zero():
-            write_predictions(
-                Path(training_args.output_dir) / "test_predictions.conll",
-                raw["test"]["tokens"],
-                raw["test"]["tags"],
-                output.predictions,
-                output.label_ids,
-                id2label,
-            )
+    metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))
+    if output is not None and trainer.is_world_process_zero():
+        write_predictions(
+            Path(training_args.output_dir) / "test_predictions.conll",
+            raw["test"]["tokens"],
+            raw["test"]["tags"],
+            output.predictions,
+            output.label_ids,
+            id2label,
+        )
 
-    metrics = {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float, np.number))}
     if trainer.is_world_process_zero():
         metric_name = f"entity F1 ({scheme}) and token accuracy" if scheme else "token accuracy"
         save_run_info(

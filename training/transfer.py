@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 from torch import nn
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainerCallback
@@ -298,3 +299,27 @@ class TransferTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
+
+
+def train_evaluate_predict(trainer, training_args, test_dataset=None) -> tuple[dict[str, float], object | None]:
+    """The run_ner/run_glue sequence: train (model and tokenizer saved), evaluate, predict on `test_dataset`; each
+    split's metrics logged and saved. Returns the float metrics and the prediction output (None without predict)."""
+    metrics, output = {}, None
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()  # the tokenizer is saved beside it (processing_class)
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        metrics.update(result.metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    if training_args.do_predict:
+        output = trainer.predict(test_dataset, metric_key_prefix="test")
+        trainer.log_metrics("test", output.metrics)
+        trainer.save_metrics("test", output.metrics)
+        metrics.update(output.metrics)
+    return {key: float(value) for key, value in metrics.items() if isinstance(value, (int, float, np.number))}, output
