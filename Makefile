@@ -12,6 +12,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test,plots]"
 	touch $@
 
+# The oldest transformers we support (pyproject's lower bound), in a second environment.
+LOWER_VENV ?= .venv-lower
+LOWER_TRANSFORMERS ?= transformers==5.17.0
+$(LOWER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOWER_VENV)
+	$(LOWER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWER_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(LOWER_VENV)/bin/python -m pip install -q -e ".[test]" "$(LOWER_TRANSFORMERS)"
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -20,8 +30,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
+test-lower: $(LOWER_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(LOWER_VENV)/bin/python -m pytest
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-lower lint
