@@ -11,9 +11,22 @@ rnn-lm card out / rnn-lm push out org/name
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
+
+
+def run_main(main, argv: list[str] | None = None) -> int:
+    """Run a training script's `main`: bad input ends with one `error:` line naming the problem and the fix (exit
+    status 2), never a traceback. DataError/DataFormatError are ValueErrors; a missing file is an OSError."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as error:
+        logging.getLogger(main.__module__).debug("Traceback", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def json_config_to_argv(argv: list[str]) -> list[str]:

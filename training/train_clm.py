@@ -32,8 +32,8 @@ from transformers import (
 )
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
+from rnn_lm_hf.cli import run_main
 from rnn_lm_hf.data import (
-    DataError,
     StreamSegments,
     eval_stream_segments,
     group_into_blocks,
@@ -311,13 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Command-line entry: bad input ends with one line naming the problem and the fix, not a traceback."""
-    try:
-        main(argv)
-    except (DataError, ValueError, FileNotFoundError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(main, argv)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForSequenceClassification
 from rnn_lm_hf.classification_data import kfold_splits, load_classification_dataset
+from rnn_lm_hf.cli import run_main
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
-from rnn_lm_hf.tagging_data import DataFormatError
 from rnn_lm_hf.training.transfer import (
     ModelArguments,
     TransferArguments,
@@ -285,14 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Command-line entry: user errors (bad data, bad options) print one line and return exit status 2."""
-    try:
-        main(argv)
-    except (DataFormatError, ValueError, FileNotFoundError) as err:
-        logger.debug("Traceback", exc_info=True)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(main, argv)
 
 
 if __name__ == "__main__":

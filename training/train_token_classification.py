@@ -28,11 +28,11 @@ import transformers
 from transformers import DataCollatorForTokenClassification, TrainingArguments, set_seed
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForTokenClassification
+from rnn_lm_hf.cli import run_main
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tagging_data import (
-    DataFormatError,
     label_list,
     load_tagging_dataset,
     strip_ignored,
@@ -295,14 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Command-line entry: user errors (bad data, bad options) print one line and return exit status 2."""
-    try:
-        main(argv)
-    except (DataFormatError, ValueError, FileNotFoundError) as err:
-        logger.debug("Traceback", exc_info=True)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(main, argv)
 
 
 if __name__ == "__main__":
