@@ -19,7 +19,7 @@ $(LOWER_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LOWER_VENV)
 	$(LOWER_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LOWER_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(LOWER_VENV)/bin/python -m pip install -q -e ".[test]" "$(LOWER_TRANSFORMERS)"
+	$(LOWER_VENV)/bin/python -m pip install -q -e ".[test,plots]" "$(LOWER_TRANSFORMERS)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -138,6 +138,49 @@ def generate_command(argv: list[str]) -> int:
     return 0
 
 
+def plot_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rnn-lm plot", description="Training curves of a run as a PNG.")
+    parser.add_argument("run_dir", help="An output folder holding training_log.csv.")
+    parser.add_argument("--out", help="PNG path (default: RUN_DIR/training_curves.png).")
+    args = parser.parse_args(argv)
+    path = plot_training_log(args.run_dir, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def plot_training_log(run_dir: str, out: str | None = None) -> Path:
+    """Training loss and every evaluation perplexity/loss against the step, from `training_log.csv`."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    log = Path(run_dir) / "training_log.csv"
+    if not log.is_file():
+        raise FileNotFoundError(f"{log} is missing: it is written by the training scripts (CSVLogCallback).")
+    series: dict[str, list[tuple[int, float]]] = {}
+    with log.open() as handle:
+        for row in csv.DictReader(handle):
+            series.setdefault(row["name"], []).append((int(row["step"]), float(row["value"])))
+    panels = [name for name in ("loss", "eval_loss", "eval_perplexity") if name in series]
+    if not panels:
+        raise ValueError(f"{log} has no loss or evaluation rows to plot (set --logging_steps / --eval_strategy).")
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for axis, name in zip(axes[0], panels):
+        steps, values = zip(*series[name])
+        axis.plot(steps, values, marker="o" if len(steps) < 50 else None)
+        axis.set(title=name, xlabel="step")
+        if name.endswith("perplexity"):
+            axis.set_yscale("log")
+    figure.tight_layout()
+    path = Path(out) if out else Path(run_dir) / "training_curves.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def hub_command(name: str, argv: list[str]) -> int:
     from rnn_lm_hf import hub
 
@@ -151,6 +194,7 @@ COMMANDS = {
     "train-classifier": lambda argv: run_training_script("train_sequence_classification", argv),
     "evaluate": evaluate_command,
     "generate": generate_command,
+    "plot": plot_command,
     "card": lambda argv: hub_command("card", argv),
     "push": lambda argv: hub_command("push", argv),
 }

@@ -299,3 +299,15 @@ def test_demo_runs_small(tmp_path, capsys):
     results = __import__("json").loads((tmp_path / "all_results.json").read_text())
     vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(tmp_path))
     assert results["test_perplexity"] < vocab / 5
+
+
+def test_plot_training_curves(tmp_path):
+    (tmp_path / "training_log.csv").write_text(
+        "step,epoch,name,value\n10,0.5,loss,5.0\n20,1.0,loss,4.0\n20,1.0,eval_perplexity,60.0\n40,2.0,eval_perplexity,50.0\n"
+    )
+    from rnn_lm_hf.cli import main
+
+    assert main(["plot", str(tmp_path)]) == 0
+    png = (tmp_path / "training_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert main(["plot", str(tmp_path / "missing")]) == 2
