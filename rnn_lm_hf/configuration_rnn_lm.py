@@ -6,7 +6,7 @@ from transformers import PretrainedConfig
 # Kept in one place so the error messages and the model agree on what exists.
 CELL_TYPES = ("rnn", "lstm", "gru")
 NONLINEARITIES = ("tanh", "relu")
-POOLING_TYPES = ("last", "mean", "max")
+POOLING_TYPES = ("last", "mean", "max", "concat")
 
 
 class RNNLMConfig(PretrainedConfig):
@@ -53,7 +53,7 @@ class RNNLMConfig(PretrainedConfig):
         classifier_pooling (`str`, *optional*, defaults to `"last"`):
             How the sequence head summarises a sentence: `"last"` (state at the last real token; with
             `bidirectional`, concatenated with the backward state at the first real token), `"mean"` or `"max"` over
-            the real tokens.
+            the real tokens, or `"concat"`: last ‖ max ‖ mean, 3x `output_size` features (ULMFiT, Howard & Ruder 2018).
         use_cache (`bool`, *optional*, defaults to `True`):
             Return the recurrent state so generation costs one step per new token.
         pad_token_id (`int`, *optional*, defaults to 0):
@@ -193,6 +193,11 @@ class RNNLMConfig(PretrainedConfig):
     def output_size(self) -> int:
         """Width of every recurrent layer's output (both directions concatenated)."""
         return self.hidden_size * self.num_directions
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of the sequence head's pooled features: last ‖ max ‖ mean for `"concat"`, one summary otherwise."""
+        return self.output_size * (3 if self.classifier_pooling == "concat" else 1)
 
     @property
     def lm_input_size(self) -> int:

@@ -485,26 +485,29 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         self.model = RNNLMModel(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
         self.dropout = nn.Dropout(dropout)
-        self.score = nn.Linear(config.output_size, config.num_labels)
+        self.score = nn.Linear(config.pooled_size, config.num_labels)
         self.post_init()
 
     def pool(self, outputs: RNNLMModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        hidden_states = outputs.last_hidden_state  # (batch, seq_len, output_size), zeros at padding
+        """The `classifier_pooling` summary, (batch, pooled_size); padding never enters it."""
         pooling = self.config.classifier_pooling
-        if pooling == "last":
+        # ULMFiT's concat pooling (Howard & Ruder 2018, 3.3) reads [h_T, maxpool(H), meanpool(H)].
+        names = ("last", "max", "mean") if pooling == "concat" else (pooling,)
+        hidden_states = outputs.last_hidden_state  # (batch, seq_len, output_size), zeros at padding
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
+        mask = attention_mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)  # (batch, seq_len, 1)
+        pooled = {}  # each (batch, output_size)
+        if "last" in names:
             # The final h of each direction: forward after the last real token, backward after the first (as gpt2
             # pools the last non-pad token, but exact under any padding since the batch is packed).
             h = outputs.final_states[-1][:, : self.config.num_directions]  # (batch, num_directions, hidden)
-            return h.reshape(h.shape[0], -1)
-        mask = (
-            torch.ones(hidden_states.shape[:2], device=hidden_states.device)
-            if attention_mask is None
-            else attention_mask
-        )
-        mask = mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)
-        if pooling == "mean":
-            return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).amax(1)
+            pooled["last"] = h.reshape(h.shape[0], -1)
+        if "max" in names:
+            pooled["max"] = hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).amax(1)
+        if "mean" in names:
+            pooled["mean"] = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.cat([pooled[name] for name in names], -1)  # (batch, pooled_size)
 
     def forward(
         self,

@@ -58,6 +58,8 @@ def test_derived_sizes():
     config = RNNLMConfig(hidden_size=16, embedding_size=8, bidirectional=True, cell_type="lstm")
     assert (config.input_size, config.output_size, config.num_directions, config.num_states) == (8, 32, 2, 2)
     assert RNNLMConfig(cell_type="gru").num_states == 1
+    assert config.pooled_size == 32
+    assert RNNLMConfig(hidden_size=16, bidirectional=True, classifier_pooling="concat").pooled_size == 96
 
 
 @pytest.mark.parametrize(
@@ -65,7 +67,7 @@ def test_derived_sizes():
     [
         ({"cell_type": "transformer"}, "cell_type", "'rnn', 'lstm', 'gru'"),
         ({"rnn_nonlinearity": "sigmoid"}, "rnn_nonlinearity", "'tanh', 'relu'"),
-        ({"classifier_pooling": "first"}, "classifier_pooling", "'last', 'mean', 'max'"),
+        ({"classifier_pooling": "first"}, "classifier_pooling", "'last', 'mean', 'max', 'concat'"),
         ({"vocab_size": 0}, "vocab_size", "positive int"),
         ({"hidden_size": -4}, "hidden_size", "positive int"),
         ({"num_hidden_layers": 0}, "num_hidden_layers", "positive int"),

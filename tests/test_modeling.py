@@ -5,7 +5,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import AutoModelForSequenceClassification, DynamicCache
 
 from rnn_lm_hf import (
     RNNLMConfig,
@@ -109,7 +109,7 @@ def test_left_padding_leaves_last_token_logits_unchanged(tiny_config):
     torch.testing.assert_close(logits[1], model(long).logits[0], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "concat"])
 def test_right_padding_invariance_bidirectional_heads(cell_type, pooling):
     config = make_config(cell_type, bidirectional=True, classifier_pooling=pooling, num_labels=3)
     short, long = ids(batch=1, seq_len=4), ids(batch=1, seq_len=7)
@@ -137,6 +137,38 @@ def test_last_pooling_uses_last_real_token_and_first_for_backward():
     pooled = model.pool(out, None)
     torch.testing.assert_close(pooled[0, :32], last_layer[0, -1, :32])
     torch.testing.assert_close(pooled[0, 32:], last_layer[0, 0, 32:])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_concat_pooling_is_last_max_mean_of_the_same_states(bidirectional):
+    config = make_config("lstm", bidirectional=bidirectional, classifier_pooling="concat", num_labels=3)
+    model = RNNLMForSequenceClassification(config).eval()
+    assert model.score.in_features == config.pooled_size == 3 * config.output_size
+    batch = torch.cat([torch.cat([ids(batch=1, seq_len=4), torch.zeros(1, 3, dtype=torch.long)], 1), ids(batch=1)])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1] * 7])
+    outputs = model.model(batch, attention_mask=mask)
+    concat = model.pool(outputs, mask)
+    assert concat.shape == (2, 3 * config.output_size)
+    parts = []
+    for pooling in ("last", "max", "mean"):
+        model.config.classifier_pooling = pooling
+        parts.append(model.pool(outputs, mask))
+    torch.testing.assert_close(concat, torch.cat(parts, -1), atol=0, rtol=0)
+    # A single-pooling head on the same encoder weights gives the same features, with a 1x-wide score layer.
+    single = RNNLMForSequenceClassification(make_config("lstm", bidirectional=bidirectional, classifier_pooling="max"))
+    single.model.load_state_dict(model.model.state_dict())
+    torch.testing.assert_close(single.pool(single.model(batch, attention_mask=mask), mask), parts[1])
+    assert single.score.in_features == config.output_size
+
+
+def test_concat_pooling_save_load_round_trip(tmp_path):
+    config = make_config("gru", bidirectional=True, classifier_pooling="concat", num_labels=3)
+    model = RNNLMForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.classifier_pooling == "concat" and loaded.score.in_features == 3 * config.output_size
+    input_ids = ids()
+    torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, atol=0, rtol=0)
 
 
 def test_hidden_states_every_layer_in_the_graph(tiny_config):
