@@ -16,6 +16,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label id that PyTorch's CrossEntropyLoss and the metrics skip
+LABEL_SUB_TOKENS = ("first", "last")  # which sub-token of a word carries its tag (tokenize_and_align_labels)
 
 _CONLLU_TAG_COLUMNS = {"upos": 3, "xpos": 4}
 _ASCII_SPACE = " \t\r\n\f\v"
@@ -243,14 +244,28 @@ def tokenize_and_align_labels(
     padding: bool | str = False,
     tokens_column: str = "tokens",
     tags_column: str = "tags",
+    label_sub_token: str = "first",
 ):
-    """Tokenizes pre-split words and gives each word's tag id to its first sub-token (`datasets.map(batched=True)`).
+    """Tokenizes pre-split words and gives each word's tag id to one of its sub-tokens (`datasets.map(batched=True)`).
 
-    Special tokens and padding get -100, and so do the other sub-tokens of a word, unless `label_all_tokens`:
-    then they get the word's tag, with `B-X` turned into `I-X` (run_ner's rule; metrics then count sub-tokens).
-    Works for word-level tokenizers (one token per word) and sub-word ones; needs a fast tokenizer for `word_ids()`.
-    Without a `tags_column` in `examples` (unlabeled text) it only tokenizes.
+    `label_sub_token` picks that sub-token: "first" (run_ner's rule, for bidirectional encoders) or "last", for
+    unidirectional (left-to-right) encoders such as taggers initialised from a causal LM: they read a word's first
+    piece before the rest of it, so only at its last piece have they seen the whole word. A word cut by truncation
+    is labelled at its last piece that is left. Special tokens and padding (on either side) get -100, and so do the
+    other sub-tokens of a word, unless `label_all_tokens` (only with "first"): then they get the word's tag, with
+    `B-X` turned into `I-X` (run_ner's rule; metrics then count sub-tokens). Works for word-level tokenizers (one
+    token per word, where both choices agree) and sub-word ones; needs a fast tokenizer for `word_ids()`. Without a
+    `tags_column` in `examples` (unlabeled text) it only tokenizes.
     """
+    if label_sub_token not in LABEL_SUB_TOKENS:
+        raise ValueError(
+            f"label_sub_token must be one of {', '.join(map(repr, LABEL_SUB_TOKENS))}, got {label_sub_token!r}"
+        )
+    if label_all_tokens and label_sub_token != "first":
+        raise ValueError(
+            "label_all_tokens puts the word's tag on its first sub-token and continuation tags on the others, so it "
+            f"only goes with label_sub_token='first' (got {label_sub_token!r}); drop one of the two"
+        )
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("tokenize_and_align_labels needs a fast tokenizer (word_ids() comes from `tokenizers`)")
     words = examples[tokens_column]
@@ -270,17 +285,21 @@ def tokenize_and_align_labels(
         word_ids = encoded.word_ids(batch_index=row)  # None for special tokens and padding, on either side
         seen = {word for word in word_ids if word is not None}
         n_vanished += sum(word not in seen for word in range(max(seen, default=-1)))  # before any truncation point
-        label_ids, previous = [], None
-        for word in word_ids:
+        label_ids = []
+        for position, word in enumerate(word_ids):
             if word is None:
                 label_ids.append(IGNORE_INDEX)
-            elif word != previous:
-                label_ids.append(_label_id(label2id, tags[word], words[row]))
+                continue
+            if label_sub_token == "first":
+                labelled = position == 0 or word_ids[position - 1] != word
             else:
-                label_ids.append(
-                    continuation[_label_id(label2id, tags[word], words[row])] if label_all_tokens else IGNORE_INDEX
-                )
-            previous = word
+                labelled = position == len(word_ids) - 1 or word_ids[position + 1] != word
+            if labelled:
+                label_ids.append(_label_id(label2id, tags[word], words[row]))
+            elif label_all_tokens:
+                label_ids.append(continuation[_label_id(label2id, tags[word], words[row])])
+            else:
+                label_ids.append(IGNORE_INDEX)
         all_labels.append(label_ids)
     if n_vanished:
         logger.warning(
@@ -311,7 +330,8 @@ def strip_ignored(
 ) -> tuple[list[list[str]], list[list[str]]]:
     """Turns (batch, seq_len) label ids, and predicted ids or logits, into tag strings without the -100 positions.
 
-    The result feeds the seqeval_f1 metric, so special tokens, padding and non-first sub-tokens are never counted.
+    The result feeds the seqeval_f1 metric, so special tokens, padding and the unlabelled sub-tokens of a word (all
+    but its first, or all but its last with `label_sub_token="last"`) are never counted: one tag per word, in order.
     `predictions` may be logits (batch, seq_len, num_labels), argmax-ed here, or a tuple whose first item is either.
     """
     if isinstance(predictions, tuple):

@@ -217,6 +217,88 @@ def test_align_label_all_tokens_uses_i_for_b(wordpiece):
     assert set(apple) == {LABEL2ID["B-ORG"]}
 
 
+def _handmade(padding_side: str = "right") -> PreTrainedTokenizerFast:
+    """A WordPiece with a fixed vocabulary: Washington -> Wash ##ing ##ton, visited -> visit ##ed, others whole."""
+    vocab = [*SPECIALS, "Mary", "visit", "##ed", "Wash", "##ing", "##ton", "New", "York"]
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return _wrap(tokenizer, padding_side)
+
+
+HANDMADE = [(["Mary", "visited", "Washington"], ["B-PER", "O", "B-LOC"]), (["New", "York"], ["B-LOC", "I-LOC"])]
+_P, _ID = IGNORE_INDEX, LABEL2ID
+HANDMADE_PIECES = [
+    ["[CLS]", "Mary", "visit", "##ed", "Wash", "##ing", "##ton", "[SEP]"],
+    ["[CLS]", "New", "York", "[SEP]"],
+]
+HANDMADE_LABELS = {  # unpadded, per label_sub_token
+    "first": [
+        [_P, _ID["B-PER"], _ID["O"], _P, _ID["B-LOC"], _P, _P, _P],
+        [_P, _ID["B-LOC"], _ID["I-LOC"], _P],
+    ],
+    "last": [
+        [_P, _ID["B-PER"], _P, _ID["O"], _P, _P, _ID["B-LOC"], _P],
+        [_P, _ID["B-LOC"], _ID["I-LOC"], _P],
+    ],
+}
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("label_sub_token", ["first", "last"])
+def test_align_handmade_first_or_last_piece(padding_side, label_sub_token):
+    tokenizer = _handmade(padding_side)
+    unpadded = tokenize_and_align_labels(_batch(HANDMADE), tokenizer, LABEL2ID, label_sub_token=label_sub_token)
+    assert [tokenizer.convert_ids_to_tokens(ids) for ids in unpadded["input_ids"]] == HANDMADE_PIECES
+    assert unpadded["labels"] == HANDMADE_LABELS[label_sub_token]  # single-piece words the same in both modes
+    # padded in the map and by the collator: the short row's padding is -100 on its side, nothing else moves
+    n_pad = len(HANDMADE_PIECES[0]) - len(HANDMADE_PIECES[1])
+    short = HANDMADE_LABELS[label_sub_token][1]
+    expected = [
+        HANDMADE_LABELS[label_sub_token][0],
+        [_P] * n_pad + short if padding_side == "left" else short + [_P] * n_pad,
+    ]
+    padded = tokenize_and_align_labels(
+        _batch(HANDMADE), tokenizer, LABEL2ID, padding="longest", label_sub_token=label_sub_token
+    )
+    assert padded["labels"] == expected
+    features = [{key: unpadded[key][row] for key in ("input_ids", "labels")} for row in range(len(HANDMADE))]
+    assert DataCollatorForTokenClassification(tokenizer, return_tensors="np")(features)["labels"].tolist() == expected
+
+
+def test_align_last_piece_with_truncation_and_word_level():
+    # a word cut by truncation is labelled at its last piece that is left: [CLS] Mary visit ##ed Wash [SEP]
+    cut = tokenize_and_align_labels(_batch(HANDMADE[:1]), _handmade(), LABEL2ID, max_length=6, label_sub_token="last")
+    assert cut["labels"] == [[_P, _ID["B-PER"], _P, _ID["O"], _ID["B-LOC"], _P]]
+    word_level = _wrap(_wordlevel(True))  # one token per word: first and last agree
+    first, last = (
+        tokenize_and_align_labels(_batch(), word_level, LABEL2ID, label_sub_token=m) for m in ("first", "last")
+    )
+    assert first["labels"] == last["labels"]
+
+
+def test_align_last_piece_on_many_piece_words(wordpiece):
+    encoded = tokenize_and_align_labels(_batch(), _wrap(wordpiece), LABEL2ID, label_sub_token="last")
+    longest = 0
+    for row, (words, tags) in enumerate(SENTENCES):
+        word_ids, labels = encoded.word_ids(row), encoded["labels"][row]
+        for position, word in enumerate(word_ids):
+            last_piece = word is not None and (position == len(word_ids) - 1 or word_ids[position + 1] != word)
+            assert labels[position] == (LABEL2ID[tags[word]] if last_piece else IGNORE_INDEX)
+        longest = max(longest, max(word_ids.count(w) for w in range(len(words))))
+    assert longest >= 3  # some word is split into 3 or more pieces
+
+
+def test_label_sub_token_errors(wordpiece):
+    tokenizer = _wrap(wordpiece)
+    with pytest.raises(ValueError, match=r"label_sub_token must be one of 'first', 'last', got 'middle'"):
+        tokenize_and_align_labels(_batch(), tokenizer, LABEL2ID, label_sub_token="middle")
+    with pytest.raises(ValueError, match=r"label_all_tokens .* only goes with label_sub_token='first'"):
+        tokenize_and_align_labels(_batch(), tokenizer, LABEL2ID, label_all_tokens=True, label_sub_token="last")
+
+
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("kind", ["wordpiece", "wordlevel"])
 def test_padding_never_shifts_labels(wordpiece, padding_side, kind):
@@ -293,6 +375,20 @@ def test_ignored_positions_never_counted(wordpiece):
     assert out["overall_f1"] == 1.0 and out["overall_accuracy"] == 1.0
     accuracy = evaluate.load(str(METRICS / "accuracy"), keep_in_memory=True)
     assert accuracy.compute(predictions=predicted, references=labels)["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("label_sub_token", ["first", "last"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_strip_ignored_one_tag_per_word(wordpiece, label_sub_token, padding_side):
+    for tokenizer, sentences in ((_wrap(wordpiece, padding_side), SENTENCES), (_handmade(padding_side), HANDMADE)):
+        features = tokenize_and_align_labels(_batch(sentences), tokenizer, LABEL2ID, label_sub_token=label_sub_token)
+        rows = [{"input_ids": ids, "labels": y} for ids, y in zip(features["input_ids"], features["labels"])]
+        labels = DataCollatorForTokenClassification(tokenizer, return_tensors="np")(rows)["labels"]
+        # a wrong tag at every -100 position: it must never show up
+        predicted = np.where(labels == IGNORE_INDEX, LABEL2ID["B-ORG"], labels)
+        pred_tags, true_tags = strip_ignored(predicted, labels, ID2LABEL)
+        assert true_tags == pred_tags == [tags for _, tags in sentences]
+        assert [len(tags) for tags in pred_tags] == [len(words) for words, _ in sentences]
 
 
 def test_strip_ignored_inputs():

@@ -1,6 +1,7 @@
 """training/train_token_classification.py on tiny CoNLL and CoNLL-U fixtures: metrics, folder, pipelines, errors."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
+from rnn_lm_hf.tagging_data import tokenize_and_align_labels
 from rnn_lm_hf.tokenization import train_tokenizer
 from rnn_lm_hf.training import train_token_classification as script
 
@@ -155,6 +157,45 @@ def test_bpe_tokenizer_labels_first_subtoken_as_in_running_text(tmp_path):
     tags, _ = argmax_tags(model, tokenizer, SENTENCE)
     per_token = pipeline("token-classification", model=model, tokenizer=tokenizer, ignore_labels=[])(SENTENCE)
     assert [t["entity"] for t in per_token] == tags
+
+
+def test_label_sub_token_last_with_bpe(tmp_path, caplog):
+    argv = ner_args(tmp_path, "--tokenizer_kind", "bpe", "--tokenizer_vocab_size", "40", "--max_steps", "3")
+    with caplog.at_level(logging.INFO):
+        metrics = script.main([*argv, "--label_sub_token", "last"])
+    for key in ("train_loss", "eval_f1", "eval_accuracy", "test_f1", "test_accuracy"):
+        assert 0 <= metrics[key] < float("inf"), key
+    assert "read predictions at each word's last sub-token" in caplog.text
+    run_info = json.loads((tmp_path / "run_info.json").read_text())
+    assert "on the last sub-token of every word" in run_info["evaluation_protocol"]
+    # one `token gold predicted` line per word of test.conll, in order
+    gold = [block.splitlines() for block in (NER / "test.conll").read_text().strip().split("\n\n")]
+    written = [block.splitlines() for block in (tmp_path / "test_predictions.conll").read_text().strip().split("\n\n")]
+    assert [len(lines) for lines in written] == [len(lines) for lines in gold]
+    for gold_lines, lines in zip(gold, written):
+        assert [line.split(" ")[:2] for line in lines] == [line.split("\t") for line in gold_lines]
+        assert all(len(line.split(" ")) == 3 for line in lines)
+    # the 40-piece BPE splits words, so the labels really moved from first to last pieces
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    prefix = script.word_prefix(tokenizer)
+    words = [[w if i == 0 else prefix + w for i, w in enumerate(SENTENCE.split())]]
+    tags = [["O"] * len(words[0])]
+    label2id = {"O": 0}
+    first, last = (
+        tokenize_and_align_labels({"tokens": words, "tags": tags}, tokenizer, label2id, label_sub_token=mode)["labels"]
+        for mode in ("first", "last")
+    )
+    assert first != last and sum(y == 0 for y in last[0]) == len(words[0])
+
+
+def test_bad_label_sub_token_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    argv = ["--train_file", str(NER / "train.conll"), "--output_dir", str(tmp_path), "--do_train"]
+    monkeypatch.setattr(sys, "argv", ["train_token_classification.py", *argv, "--label_sub_token", "middle", *COMMON])
+    assert script.cli() == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("error: --label_sub_token must be one of first, last, got 'middle'"), last_line
+    with pytest.raises(ValueError, match="--label_all_tokens only goes with --label_sub_token first"):
+        script.DataArguments(train_file=str(NER / "train.conll"), label_sub_token="last", label_all_tokens=True)
 
 
 def test_char_tokenizers_are_refused():

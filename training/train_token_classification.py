@@ -33,6 +33,7 @@ from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tagging_data import (
+    LABEL_SUB_TOKENS,
     label_list,
     load_tagging_dataset,
     strip_ignored,
@@ -78,7 +79,22 @@ class DataArguments:
     )
     label_all_tokens: bool = field(
         default=False,
-        metadata={"help": "Label every sub-token of a word (B-X -> I-X after the first), not only the first one."},
+        metadata={
+            "help": "Label every sub-token of a word (B-X -> I-X after the first), not only the first one "
+            "(only with --label_sub_token first)."
+        },
+    )
+    label_sub_token: str = field(
+        default="first",
+        metadata={
+            "help": f"Which sub-token of a word carries its tag, one of {', '.join(LABEL_SUB_TOKENS)}. first: "
+            "run_ner's rule, for bidirectional encoders. last: for unidirectional (left-to-right) encoders, e.g. "
+            "taggers initialised from a causal LM: a left-to-right model reads a word's first piece before the rest "
+            "of it, so at the first piece it would guess the tag from a word fragment, while at the last piece it "
+            "has seen the whole word. With last, read the model's predictions at each word's last sub-token (token-"
+            "classification pipeline with aggregation_strategy='none'): the pipeline's word aggregations (first, "
+            "average, max) assume first-sub-token training."
+        },
     )
     label_scheme: str = field(
         default="auto",
@@ -106,6 +122,13 @@ class DataArguments:
             raise ValueError(f"--file_format must be 'conll' or 'conllu', got {self.file_format!r}")
         if self.conllu_tag not in ("upos", "xpos"):
             raise ValueError(f"--conllu_tag must be 'upos' or 'xpos', got {self.conllu_tag!r}")
+        if self.label_sub_token not in LABEL_SUB_TOKENS:
+            raise ValueError(
+                f"--label_sub_token must be one of {', '.join(LABEL_SUB_TOKENS)}, got {self.label_sub_token!r} "
+                "(last is for left-to-right encoders such as LM-pretrained taggers)"
+            )
+        if self.label_all_tokens and self.label_sub_token != "first":
+            raise ValueError("--label_all_tokens only goes with --label_sub_token first (it labels every sub-token)")
         if self.label_scheme not in LABEL_SCHEMES:
             raise ValueError(f"--label_scheme must be one of {', '.join(LABEL_SCHEMES)}, got {self.label_scheme!r}")
 
@@ -196,7 +219,10 @@ def make_compute_metrics(id2label: dict[int, str], scheme: str | None, entity_le
 
 
 def write_predictions(path: Path, sentences: list[list[str]], gold: list[list[str]], predictions, label_ids, id2label):
-    """CoNLL `token gold predicted` lines (conlleval's input) when there is one prediction per word."""
+    """CoNLL `token gold predicted` lines (conlleval's input) when there is one prediction per word.
+
+    `strip_ignored` keeps the one labelled sub-token of each word, in order, whether that is its first or its last.
+    """
     pred_tags, _ = strip_ignored(predictions, label_ids, id2label)
     if any(len(p) != len(words) for p, words in zip(pred_tags, sentences)):
         logger.warning("Not writing %s: truncation or --label_all_tokens gives more or fewer tags than words", path)
@@ -245,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             label2id,
             label_all_tokens=data_args.label_all_tokens,
             max_length=data_args.max_seq_length,
+            label_sub_token=data_args.label_sub_token,
         )
         return {key: encoded[key] for key in ("input_ids", "attention_mask", "labels")}
 
@@ -267,6 +294,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))
+    if data_args.label_sub_token == "last" and trainer.is_world_process_zero():
+        logger.info(
+            "--label_sub_token last: read predictions at each word's last sub-token (token-classification pipeline "
+            "with aggregation_strategy='none'); its first/average/max word aggregations assume first-sub-token tags."
+        )
     if output is not None and trainer.is_world_process_zero():
         write_predictions(
             Path(training_args.output_dir) / "test_predictions.conll",
@@ -286,8 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             arguments=public_arguments(model_args, data_args, transfer_args, training_args),
             metrics=metrics,
             dataset=data_args.dataset_name or str(data_args.train_file or data_args.test_file),
-            evaluation_protocol=f"{metric_name} on the first sub-token of every word; validation: "
-            f"{data_args.validation_file}, test: {data_args.test_file}",
+            evaluation_protocol=f"{metric_name} on the {data_args.label_sub_token} sub-token of every word; "
+            f"validation: {data_args.validation_file}, test: {data_args.test_file}",
             wall_time_s=round(time.perf_counter() - start, 1),
         )
         finish_run(training_args.output_dir, training_args, push_to_hub)
