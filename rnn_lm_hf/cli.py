@@ -29,26 +29,44 @@ def run_main(main, argv: list[str] | None = None) -> int:
     return 0
 
 
-def json_config_to_argv(argv: list[str]) -> list[str]:
-    """`config.json --flag value ...` -> flags, so a config file can be combined with command-line overrides."""
-    if not argv or not argv[0].endswith(".json") or len(argv) == 1:
-        return argv
+def parse_script_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
+    """`script.py [args.json|args.yaml] [--flag value ...]` as in run_clm; flags after the file override its values
+    (benchmark drivers, `rnn-lm train cfg.json --output_dir x`)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
+        return parser.parse_args_into_dataclasses(args=argv)
+    path = Path(argv[0])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file (relative to {Path.cwd()})")
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        import yaml
+
+        values = yaml.safe_load(path.read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    if len(argv) == 1:
+        return parser.parse_dict(values)
     flags = []
-    for key, value in json.loads(Path(argv[0]).read_text()).items():
-        if value is None:
-            continue
+    for key, value in values.items():
         if isinstance(value, list):
             flags += [f"--{key}", *map(str, value)]
-        else:
-            flags += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
-    return flags + argv[1:]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        elif value is not None:
+            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return parser.parse_args_into_dataclasses(args=[*flags, *argv[1:]])
 
 
 def run_training_script(module: str, argv: list[str]) -> int:
     import importlib
 
     script = importlib.import_module(f"rnn_lm_hf.training.{module}")
-    return script.cli(json_config_to_argv(argv))
+    return script.cli(argv)
 
 
 def demo(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ Each process owns its own streams (see `StreamSegments`), so this works with gra
 import csv
 import math
 import os
+import time
 from pathlib import Path
 
 import evaluate
@@ -89,6 +90,24 @@ class CSVLogCallback(TrainerCallback):
             for name, value in logs.items():
                 if isinstance(value, (int, float)):
                     writer.writerow([state.global_step, state.epoch, name, value])
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training after `minutes` of wall time, with a checkpoint and an evaluation, as if the epochs had run out
+    (a GPU lease or a job slot with a hard limit). The learning-rate schedule is not rescaled."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.start = 60 * minutes, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.start > self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+            control.should_evaluate = args.eval_strategy != "no"
+            state.stopped_by_time_budget = True
 
 
 def epoch_decay_lambda(steps_per_epoch: int, decay: float, start_epoch: int):

@@ -1,6 +1,7 @@
 """Language-model training: stateful truncated BPTT, perplexity, the script end to end, resume, 2 processes, errors."""
 
 import csv
+import json
 import math
 import os
 import re
@@ -311,3 +312,19 @@ def test_plot_training_curves(tmp_path):
     png = (tmp_path / "training_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert main(["plot", str(tmp_path / "missing")]) == 2
+
+
+def test_time_budget_stops_with_checkpoint_and_evaluation(tmp_path, corpus):
+    budget_s = 1.0
+    start = time.monotonic()
+    metrics = train_clm.main(
+        tiny_run_args(corpus, tmp_path, "--num_train_epochs", "1000", "--max_train_minutes", str(budget_s / 60),
+                      "--eval_strategy", "epoch", "--save_strategy", "epoch", "--num_samples", "0")
+    )  # fmt: skip
+    assert time.monotonic() - start < 120  # 1000 epochs would take far longer
+    checkpoint = Path(last_complete_checkpoint(tmp_path))  # saved at the stop, not only at an epoch end
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert 0 < state["epoch"] < 1000 and checkpoint.name == f"checkpoint-{state['global_step']}"
+    assert state["global_step"] % state["max_steps"] != 0 or state["epoch"] % 1 != 0
+    assert any("eval_loss" in entry and entry["step"] == state["global_step"] for entry in state["log_history"])
+    assert metrics["eval_perplexity"] > 1

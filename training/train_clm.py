@@ -24,7 +24,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     EarlyStoppingCallback,
-    HfArgumentParser,
     TrainingArguments,
     default_data_collator,
     pipeline,
@@ -32,7 +31,7 @@ from transformers import (
 )
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
-from rnn_lm_hf.cli import run_main
+from rnn_lm_hf.cli import parse_script_args, run_main
 from rnn_lm_hf.data import (
     StreamSegments,
     eval_stream_segments,
@@ -44,7 +43,7 @@ from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_dem
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
-from rnn_lm_hf.trainer import CSVLogCallback, RNNLMTrainer, last_complete_checkpoint
+from rnn_lm_hf.trainer import CSVLogCallback, RNNLMTrainer, TimeBudgetCallback, last_complete_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -108,6 +107,12 @@ class DataArguments:
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement (needs eval)."}
     )
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training after this many minutes (checkpoint and evaluation first); no limit if unset."
+        },
+    )
     lr_decay: float | None = field(
         default=None, metadata={"help": "Multiply the learning rate by this at each epoch from lr_decay_start_epoch."}
     )
@@ -118,6 +123,8 @@ class DataArguments:
     def __post_init__(self):
         if self.block_size < 1:
             raise ValueError(f"--block_size must be a positive int, got {self.block_size}.")
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise ValueError(f"--max_train_minutes must be > 0, got {self.max_train_minutes}.")
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr_decay must be in (0, 1], got {self.lr_decay}.")
 
@@ -127,15 +134,10 @@ class DataArguments:
 
 
 def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # a bare `train_clm.py` is the demo
         argv = [str(DEMO_CONFIG)]
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv)
 
 
 def load_tokenizer_and_model(model_args: ModelArguments, train_texts):
@@ -253,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     callbacks = [CSVLogCallback(Path(training_args.output_dir) / "training_log.csv")]
     if data_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
+    if data_args.max_train_minutes is not None:
+        callbacks.append(TimeBudgetCallback(data_args.max_train_minutes))
     trainer = RNNLMTrainer(
         model=model,
         args=training_args,
@@ -287,8 +291,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if trainer.is_world_process_zero():
         prompts = DEMO_PROMPTS if is_demo else [tokenizer.decode(splits["train"][0]["input_ids"][:5])]
-        for sample in generate_samples(model, tokenizer, prompts[: data_args.num_samples], training_args.seed):
-            print(f"[sample] {sample.strip()}")
+        if prompts := prompts[: data_args.num_samples]:
+            for sample in generate_samples(model, tokenizer, prompts, training_args.seed):
+                print(f"[sample] {sample.strip()}")
         protocol = (
             f"stateful stream perplexity (state carried over the whole split, bptt {data_args.block_size})"
             if data_args.stateful

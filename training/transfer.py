@@ -12,18 +12,15 @@ https://arxiv.org/abs/1801.06146).
 Layer groups, top first: head, recurrent layer N-1, ..., recurrent layer 0, embeddings.
 """
 
-import json
 import logging
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import yaml
 from torch import nn
-from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainerCallback
 
 from rnn_lm_hf import RNNLMConfig
+from rnn_lm_hf.cli import parse_script_args as parse_args  # noqa: F401 (the scripts' shared parser)
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, load_tokenizer, train_tokenizer
 
 
@@ -115,29 +112,6 @@ class TransferArguments:
     def __post_init__(self):
         if self.layerwise_lr_decay is not None and self.layerwise_lr_decay <= 0:
             raise ValueError(f"--layerwise_lr_decay must be > 0 (ULMFiT: 2.6), got {self.layerwise_lr_decay}")
-
-
-def parse_args(dataclass_types: tuple[type, ...], argv: list[str] | None) -> tuple:
-    """`script.py args.json` (or .yaml) as in run_clm; flags after the file override its values (benchmark drivers)."""
-    parser = HfArgumentParser(dataclass_types)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
-        return parser.parse_args_into_dataclasses(args=argv)
-    path = Path(argv[0])
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file (relative to {Path.cwd()})")
-    values = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of option names to values")
-    if len(argv) == 1:
-        return parser.parse_dict(values)
-    flags = []
-    for key, value in values.items():
-        if isinstance(value, list):
-            flags += [f"--{key}", *map(str, value)]
-        elif value is not None:
-            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return parser.parse_args_into_dataclasses(args=[*flags, *argv[1:]])
 
 
 def apply_config_overrides(config: RNNLMConfig, overrides: str | None) -> None:
