@@ -1,21 +1,33 @@
-"""Downstream benchmarks of the tagging and classification heads, from scratch and (optionally) from a pretrained LM.
+"""Downstream benchmarks of the tagging and classification heads: from scratch, and initialised from a causal LM.
 
-Each benchmark is one training-script run on its config in training/configs/, in a fresh process limited to one
-thread (OMP/MKL_NUM_THREADS=1), so CPU timings do not depend on what else runs on the machine's other cores.
+Each benchmark is one training-script run on its config in training/configs/, in its own process (one CPU thread
+each, OMP/MKL_NUM_THREADS=1, so timings do not depend on what else runs), logged to <runs_dir>/<name>-<init>.log.
+Initialisations (--init):
 
-    python bench/downstream.py                                  # all four, from scratch
-    python bench/downstream.py --only wnut17 sst2               # a subset
-    python bench/downstream.py --pretrained_lm runs/lm_wikitext2 --init pretrained   # ULMFiT-style transfer rows
+    scratch      the config as it is: a BiLSTM with its own tokenizer trained on the task's data
+    scratch-lm   the LM's architecture and tokenizer, random weights: the control for the two below
+    pretrained   --model_name_or_path LM: its embeddings and recurrent layers, a new head, plain fine-tuning
+    ulmfit       the same plus ULMFiT's discriminative learning rates (2.6) and gradual unfreezing
+
+The three LM-based inits share the per-benchmark `lm_flags` (a unidirectional encoder tags a word at its last
+sub-token; classifiers use ULMFiT's concat pooling), so they differ only in the initialisation and the two tricks.
+
+    python bench/downstream.py                                    # all four, from scratch, CPU
+    python bench/downstream.py --only wnut17 sst2                 # a subset
+    python bench/downstream.py --pretrained_lm runs/lm_wikitext2 --init scratch-lm pretrained ulmfit
+    python bench/downstream.py --device cuda --jobs 12 ...        # runs share one GPU, 12 at a time
 
 Results are merged into --results (one row per benchmark and initialisation) and printed as a markdown table.
 """
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +40,7 @@ from rnn_lm_hf.training.transfer import ARCHITECTURE_FIELDS  # fixed by a pretra
 
 
 ROOT = Path(__file__).resolve().parents[1]
+INITS = ("scratch", "scratch-lm", "pretrained", "ulmfit")
 BENCHMARKS = {
     "wnut17": {
         "script": "training/train_token_classification.py",
@@ -35,6 +48,7 @@ BENCHMARKS = {
         "metric": "test_f1",
         "label": "WNUT-17 test entity F1",
         "anchor": "40.78 (best shared-task system); Flair pooled 49.59",
+        "lm_flags": ["--label_sub_token", "last", "--learning_rate", "1e-3"],
     },
     "ud_ewt_upos": {
         "script": "training/train_token_classification.py",
@@ -42,6 +56,7 @@ BENCHMARKS = {
         "metric": "test_accuracy",
         "label": "UD English EWT test UPOS accuracy",
         "anchor": "about 95 (BiLSTM taggers, rough); 96.94 transformer",
+        "lm_flags": ["--label_sub_token", "last", "--learning_rate", "1e-3", "--num_train_epochs", "6"],
     },
     "sst2": {
         "script": "training/train_sequence_classification.py",
@@ -49,6 +64,8 @@ BENCHMARKS = {
         "metric": "test_accuracy",
         "label": "SST-2 sentence-level test accuracy",
         "anchor": "LSTM 84.9 / BiLSTM 87.5 (Tai 2015); Kim CNN 88.1",
+        "lm_overrides": "classifier_pooling=concat",
+        "lm_flags": ["--learning_rate", "1e-3", "--num_train_epochs", "6"],
     },
     "rt_polarity": {
         "script": "training/train_sequence_classification.py",
@@ -56,6 +73,8 @@ BENCHMARKS = {
         "metric": "cv_accuracy_mean",
         "label": "rt-polarity 10-fold CV accuracy",
         "anchor": "about 81 (Kim CNN)",
+        "lm_overrides": "classifier_pooling=concat",
+        "lm_flags": ["--learning_rate", "1e-3", "--num_train_epochs", "6", "--per_device_train_batch_size", "64"],
     },
 }
 
@@ -68,30 +87,64 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def command_for(name: str, init: str, runs_dir: Path, pretrained_lm: str | None, extra: list[str]) -> list[str]:
+def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
     spec = BENCHMARKS[name]
-    command = ["python", spec["script"], spec["config"], "--output_dir", str(runs_dir / f"{name}-{init}")]
-    if init == "pretrained":
-        # The LM fixes architecture and tokenizer: keep only the config's non-architecture overrides (dropout, ...).
-        overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
-        kept = [item for item in overrides.split(",") if item.split("=")[0].strip() not in ARCHITECTURE_FIELDS]
-        command += ["--model_name_or_path", pretrained_lm, "--config_overrides", ",".join(kept)]
+    output_dir = Path(args.runs_dir) / f"{name}-{init}"
+    command = ["python", spec["script"], spec["config"], "--output_dir", str(output_dir)]
+    if args.device == "cuda":
+        command += ["--use_cpu", "false"]
+    if init == "scratch":
+        return command + args.extra
+    # The LM fixes architecture and tokenizer: keep the config's other overrides (dropout, ...), add lm_overrides.
+    overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
+    kept = [item for item in overrides.split(",") if item.split("=")[0].strip() not in ARCHITECTURE_FIELDS]
+    kept = dict(item.split("=", 1) for item in kept + spec.get("lm_overrides", "").split(",") if "=" in item)
+    lm = args.pretrained_lm
+    command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items()), *spec["lm_flags"]]
+    if init == "scratch-lm":
+        command += ["--config_name", lm, "--tokenizer_name", lm]
+    else:
+        command += ["--model_name_or_path", lm]
+    if init == "ulmfit":
         command += ["--layerwise_lr_decay", "2.6", "--gradual_unfreezing", "true"]
-    return command + extra
+    return command + args.extra
 
 
-def run(name: str, init: str, args: argparse.Namespace) -> dict:
-    command = command_for(name, init, Path(args.runs_dir), args.pretrained_lm, args.extra)
+def device_name(args: argparse.Namespace) -> str:
+    if args.device == "cuda":
+        return f"GPU: {torch.cuda.get_device_name()} ({args.jobs} runs sharing it, 1 CPU thread each)"
+    return f"CPU, 1 thread: {cpu_model()}"
+
+
+def run(name: str, init: str, args: argparse.Namespace, deadline: float) -> dict | None:
+    """One benchmark run in its own process; its row, or None if it failed or ran past the deadline."""
+    command = command_for(name, init, args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    print(f"\n$ {shlex.join(command)}", flush=True)
+    log_path = Path(args.runs_dir) / f"{name}-{init}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[start] {name} ({init}): {shlex.join(command)}  > {log_path}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=env)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, *command[1:]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a deadline stops its children too
+        )  # fmt: skip
+        try:
+            returncode = process.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            print(f"[deadline] {name} ({init}) stopped after {time.perf_counter() - start:.0f} s", flush=True)
+            return None
     wall_s = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{name} ({init}) failed with exit code {result.returncode}")
+    if returncode != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        print(f"[failed] {name} ({init}), exit code {returncode}:\n  " + "\n  ".join(tail), flush=True)
+        return None
     run_info = json.loads((ROOT / command[command.index("--output_dir") + 1] / "run_info.json").read_text())
     metrics = run_info["metrics"]
     spec = BENCHMARKS[name]
+    print(f"[done] {name} ({init}): {spec['metric']} {metrics[spec['metric']]:.4f} in {wall_s:.0f} s", flush=True)
     return {
         "benchmark": name,
         "init": init,
@@ -99,11 +152,12 @@ def run(name: str, init: str, args: argparse.Namespace) -> dict:
         "metric": spec["metric"],
         "value": metrics[spec["metric"]],
         "std": metrics.get("cv_accuracy_std"),
+        "dev": metrics.get("eval_" + spec["metric"].removeprefix("test_")) if "test_" in spec["metric"] else None,
         "anchor": spec["anchor"],
         "wall_s": round(wall_s, 1),
         "command": "OMP_NUM_THREADS=1 " + shlex.join(command),
-        "pretrained_lm": args.pretrained_lm if init == "pretrained" else None,
-        "device": f"CPU, 1 thread: {cpu_model()}",
+        "pretrained_lm": args.pretrained_lm if init != "scratch" else None,
+        "device": device_name(args),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "date": datetime.date.today().isoformat(),
@@ -112,39 +166,56 @@ def run(name: str, init: str, args: argparse.Namespace) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = [
-        "| benchmark | init | ours | anchor | wall time (1 CPU thread) |",
-        "|---|---|---|---|---|",
-    ]
+    lines = ["| benchmark | init | test | dev | anchor | wall |", "|---|---|---|---|---|---|"]
     for row in rows:
         value = f"{100 * row['value']:.2f}" + (f" ± {100 * row['std']:.2f}" if row.get("std") is not None else "")
-        lines.append(f"| {row['label']} | {row['init']} | {value} | {row['anchor']} | {row['wall_s'] / 60:.1f} min |")
+        dev = f"{100 * row['dev']:.2f}" if row.get("dev") is not None else ""
+        lines.append(
+            f"| {row['label']} | {row['init']} | {value} | {dev} | {row['anchor']} | {row['wall_s'] / 60:.1f} min |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
-    parser.add_argument("--init", nargs="+", choices=["scratch", "pretrained"], default=None)
-    parser.add_argument("--pretrained_lm", help="Causal-LM folder (train_clm.py on WikiText-2) for the transfer rows.")
+    parser.add_argument("--init", nargs="+", choices=INITS, default=None)
+    parser.add_argument(
+        "--pretrained_lm", help="Causal-LM folder (train_clm.py on WikiText-2) for the LM-based inits."
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (on cuda they share the one GPU).")
+    parser.add_argument("--deadline_minutes", type=float, default=None, help="Stop runs still going after this.")
     parser.add_argument("--runs_dir", default="runs/bench_downstream")
-    parser.add_argument("--results", default="bench/results/downstream_cpu.json")
+    parser.add_argument("--results", default=None, help="JSON rows (default bench/results/downstream_<device>.json)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="After --: flags passed to every training script.")
     args = parser.parse_args(argv)
     args.extra = [flag for flag in args.extra if flag != "--"]
-    inits = args.init or (["scratch", "pretrained"] if args.pretrained_lm else ["scratch"])
-    if "pretrained" in inits and not args.pretrained_lm:
-        parser.error("--init pretrained needs --pretrained_lm PATH")
+    inits = args.init or (list(INITS) if args.pretrained_lm else ["scratch"])
+    if any(init != "scratch" for init in inits) and not args.pretrained_lm:
+        parser.error("--init scratch-lm/pretrained/ulmfit need --pretrained_lm PATH")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    deadline = time.monotonic() + 60 * (args.deadline_minutes or 1e9)
 
-    results_path = ROOT / args.results
+    results_path = ROOT / (args.results or f"bench/results/downstream_{args.device}.json")
     rows = json.loads(results_path.read_text()) if results_path.is_file() else []
-    for name in args.only:
-        for init in inits:
-            row = run(name, init, args)
+    runs = [(name, init) for name in args.only for init in inits]
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run, name, init, args, deadline): (name, init) for name, init in runs}
+        for future in concurrent.futures.as_completed(futures):
+            name, init = futures[future]
+            row = future.result()
+            if row is None:
+                failed.append(f"{name} ({init})")
+                continue
             rows = [r for r in rows if (r["benchmark"], r["init"]) != (name, init)] + [row]
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(rows, indent=2) + "\n")  # after every run: a crash keeps the rest
     print("\n" + markdown_table(rows))
+    if failed:
+        raise SystemExit(f"not finished: {', '.join(failed)} (see their logs in {args.runs_dir})")
 
 
 if __name__ == "__main__":
