@@ -221,7 +221,9 @@ class RNNLMModel(RNNLMPreTrainedModel):
 
     def check_token_ids(self, input_ids: torch.LongTensor) -> None:
         # nn.Embedding would fail deep inside torch (or on CUDA, with a device-side assert): fail here, clearly.
-        if input_ids.numel() == 0:
+        # Reading the ids on the host stalls a GPU training step, so CUDA training skips the check (the training
+        # scripts compare tokenizer and embedding sizes once, up front); inference and CPU training keep it.
+        if input_ids.numel() == 0 or (self.training and input_ids.is_cuda):
             return
         low, high = torch.aminmax(input_ids)
         vocab_size = self.embeddings.num_embeddings

@@ -20,7 +20,8 @@ def ids(batch=2, seq_len=9):
     return torch.randint(3, 99, (batch, seq_len))
 
 
-def test_cuda_matches_cpu_and_continues_from_its_cache(tiny_config):
+def test_cuda_matches_cpu_and_continues_from_its_cache(tiny_config, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # on by default: TF32 rounds to ~1e-3
     cpu_model = RNNLMForCausalLM(tiny_config).eval()
     model = RNNLMForCausalLM(tiny_config).eval().cuda()
     model.load_state_dict(cpu_model.state_dict())
@@ -50,6 +51,12 @@ def test_cached_generation_equals_uncached_on_cuda(tiny_config):
     cached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
     uncached = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=False, pad_token_id=0)
     assert torch.equal(cached, uncached)
+
+
+def test_out_of_range_ids_still_raise_a_clear_error_in_inference(tiny_config):
+    model = RNNLMForCausalLM(tiny_config).eval().cuda()
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        model(torch.tensor([[5, 99]]).cuda())
 
 
 def test_bf16_autocast_trains(tiny_config):
