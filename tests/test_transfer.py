@@ -69,6 +69,10 @@ def test_build_model_from_lm_keeps_architecture(lm_folder, head):
     model = build_model(head, args, tokenizer, id2label)
     assert model.config.id2label == id2label and model.config.label2id == {"neg": 0, "pos": 1}
     assert (model.config.dropout, model.config.classifier_dropout) == (0.2, 0.1)
+    new_head = getattr(model, HEADS[head])
+    assert not new_head.weight.any() and not new_head.bias.any()  # the new head starts at zero (BiT)
+    args.zero_init_head = False
+    assert build_model(head, args, tokenizer, id2label).get_submodule(HEADS[head]).weight.any()
     args.config_overrides = "hidden_size=32,dropout=0.2"
     with pytest.raises(ValueError, match="hidden_size would change the architecture"):
         build_model(head, args, tokenizer, id2label)

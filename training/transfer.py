@@ -76,6 +76,14 @@ class ModelArguments:
         metadata={"help": "From scratch: drop rarer types. 2 gives <unk> training examples for unseen test words."},
     )
     lowercase: bool = field(default=False, metadata={"help": "From scratch: the new tokenizer lowercases its input."})
+    zero_init_head: bool = field(
+        default=True,
+        metadata={
+            "help": "With --model_name_or_path: start the weights the checkpoint lacks (the new head) at zero, as BiT "
+            "does (Kolesnikov et al. 2020): predictions start uniform, and the large random gradients of a random head "
+            "do not disturb the pretrained encoder in the first steps."
+        },
+    )
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={"help": "Re-initialise checkpoint weights whose shape differs (a head with another label set)."},
@@ -174,6 +182,10 @@ def build_model(
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
         output_loading_info=True,
     )
+    if model_args.zero_init_head:
+        parameters = dict(model.named_parameters())
+        for name in info["missing_keys"]:
+            nn.init.zeros_(parameters[name])
     # transformers already warns "newly initialized"; this one line says what was transferred.
     loaded = sum(1 for name, _ in model.named_parameters() if name not in info["missing_keys"])
     logger.info(
