@@ -48,7 +48,7 @@ BENCHMARKS = {
         "metric": "test_f1",
         "label": "WNUT-17 test entity F1",
         "anchor": "40.78 (best shared-task system); Flair pooled 49.59",
-        "lm_flags": ["--label_sub_token", "last", "--learning_rate", "1e-3"],
+        "lm_flags": ["--label_sub_token", "last", "--learning_rate", "1e-3", "--num_train_epochs", "10"],
     },
     "ud_ewt_upos": {
         "script": "training/train_token_classification.py",
@@ -74,7 +74,7 @@ BENCHMARKS = {
         "label": "rt-polarity 10-fold CV accuracy",
         "anchor": "about 81 (Kim CNN)",
         "lm_overrides": "classifier_pooling=concat",
-        "lm_flags": ["--learning_rate", "1e-3", "--num_train_epochs", "6", "--per_device_train_batch_size", "64"],
+        "lm_flags": ["--learning_rate", "1e-3", "--num_train_epochs", "4", "--per_device_train_batch_size", "64"],
     },
 }
 
@@ -95,12 +95,16 @@ def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
         command += ["--use_cpu", "false"]
     if init == "scratch":
         return command + args.extra
-    # The LM fixes architecture and tokenizer: keep the config's other overrides (dropout, ...), add lm_overrides.
+    # The LM fixes architecture, tokenizer and dropout (its features were learnt with it); keep the config's other
+    # overrides (pooling, ...) and add lm_overrides. scratch-lm gets exactly the same, only its weights are random.
     overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
-    kept = [item for item in overrides.split(",") if item.split("=")[0].strip() not in ARCHITECTURE_FIELDS]
+    fixed = (*ARCHITECTURE_FIELDS, "dropout")
+    kept = [item for item in overrides.split(",") if item.split("=")[0].strip() not in fixed]
     kept = dict(item.split("=", 1) for item in kept + spec.get("lm_overrides", "").split(",") if "=" in item)
     lm = args.pretrained_lm
-    command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items()), *spec["lm_flags"]]
+    if kept:
+        command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items())]
+    command += spec["lm_flags"]
     if init == "scratch-lm":
         command += ["--config_name", lm, "--tokenizer_name", lm]
     else:

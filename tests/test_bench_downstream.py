@@ -1,0 +1,82 @@
+"""bench/downstream.py without training anything: the command of each initialisation, result rows merged into the
+JSON, parallel runs, and a run stopped at the deadline reported as unfinished (never as a result)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "downstream.py"
+# Stands in for a training script: writes the run_info.json the driver reads, or sleeps past the deadline.
+FAKE_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+output_dir = Path(args[args.index("--output_dir") + 1])
+if "--sleep" in args:
+    time.sleep(60)
+output_dir.mkdir(parents=True, exist_ok=True)
+metrics = {"test_accuracy": 0.5 + 0.1 * ("--model_name_or_path" in args), "eval_accuracy": 0.4}
+(output_dir / "run_info.json").write_text(json.dumps({"metrics": metrics}))
+"""
+
+
+@pytest.fixture(scope="module")
+def downstream():
+    spec = importlib.util.spec_from_file_location("bench_downstream", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def namespace(**overrides):
+    import argparse
+
+    return argparse.Namespace(
+        **{"runs_dir": "runs/x", "device": "cpu", "pretrained_lm": "lm", "extra": [], **overrides}
+    )
+
+
+def test_each_init_changes_only_the_initialisation(downstream):
+    commands = {init: downstream.command_for("sst2", init, namespace()) for init in downstream.INITS}
+    assert "--model_name_or_path" not in commands["scratch"] and "--config_name" not in commands["scratch"]
+    lm_based = {init: commands[init] for init in ("scratch-lm", "pretrained", "ulmfit")}
+    for command in lm_based.values():
+        overrides = command[command.index("--config_overrides") + 1]
+        # The LM fixes architecture and dropout; pooling is ULMFiT's concat for every LM-based run.
+        assert overrides == "classifier_pooling=concat"
+        assert "--learning_rate" in command
+    assert lm_based["scratch-lm"][-4:] == ["--config_name", "lm", "--tokenizer_name", "lm"]
+    assert lm_based["pretrained"][-2:] == ["--model_name_or_path", "lm"]
+    assert lm_based["ulmfit"][-6:] == [
+        "--model_name_or_path", "lm", "--layerwise_lr_decay", "2.6", "--gradual_unfreezing", "true",
+    ]  # fmt: skip
+    tagger = downstream.command_for("wnut17", "pretrained", namespace(device="cuda"))
+    assert "--config_overrides" not in tagger and tagger[tagger.index("--label_sub_token") + 1] == "last"
+    assert tagger[tagger.index("--use_cpu") + 1] == "false"
+
+
+def test_rows_merge_and_a_run_past_the_deadline_is_not_a_result(downstream, tmp_path, monkeypatch, capsys):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_SCRIPT)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"config_overrides": "hidden_size=8,dropout=0.5"}))
+    spec = {**downstream.BENCHMARKS["sst2"], "script": str(script), "config": str(config)}
+    monkeypatch.setattr(downstream, "BENCHMARKS", {"sst2": spec, "slow": {**spec}})
+    results = tmp_path / "rows.json"
+    results.write_text(json.dumps([{"benchmark": "sst2", "init": "scratch", "value": 0.1}]))  # replaced below
+    common = ["--pretrained_lm", "lm", "--jobs", "2", "--runs_dir", str(tmp_path / "runs"), "--results", str(results)]
+    downstream.main(["--only", "sst2", "--init", "scratch", "pretrained", *common])
+    rows = {(row["benchmark"], row["init"]): row for row in json.loads(results.read_text())}
+    assert rows.keys() == {("sst2", "scratch"), ("sst2", "pretrained")}
+    assert rows["sst2", "scratch"]["value"] == 0.5 and rows["sst2", "pretrained"]["value"] == pytest.approx(0.6)
+    assert rows["sst2", "pretrained"]["dev"] == 0.4
+
+    with pytest.raises(SystemExit, match=r"not finished: slow \(scratch\)"):
+        downstream.main(
+            ["--only", "slow", "--init", "scratch", *common, "--deadline_minutes", "0.02", "--", "--sleep"]
+        )
+    assert "[deadline] slow (scratch)" in capsys.readouterr().out
+    assert {(row["benchmark"], row["init"]) for row in json.loads(results.read_text())} == set(rows)
