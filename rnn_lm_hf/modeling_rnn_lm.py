@@ -459,7 +459,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
     ) -> TokenClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Tag ids in `[0, num_labels)`; `-100` (padding, non-first sub-words) is ignored.
+            Tag ids in `[0, num_labels)`; `-100` (padding, unlabelled sub-words) is ignored.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(

@@ -10,8 +10,8 @@ import numpy as np
 
 _DESCRIPTION = """\
 Accuracy = correct / counted, where positions whose reference equals `ignore_index` (-100: special tokens, padding
-and non-first sub-tokens in token classification) are not counted. Inputs are flat lists of ints, or lists of
-int sequences (e.g. (batch, seq_len) label arrays), which are flattened.
+and the unlabelled sub-tokens of a word in token classification) are not counted. Inputs are flat lists of ints, or
+lists of int sequences (e.g. (batch, seq_len) label arrays), which are flattened.
 """
 
 _KWARGS_DESCRIPTION = """
