@@ -102,9 +102,8 @@ def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
     kept = [item for item in overrides.split(",") if item.split("=")[0].strip() not in fixed]
     kept = dict(item.split("=", 1) for item in kept + spec.get("lm_overrides", "").split(",") if "=" in item)
     lm = args.pretrained_lm
-    if kept:
-        command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items())]
-    command += spec["lm_flags"]
+    # Always passed, even empty: it replaces the config file's overrides, which set the BiLSTM's architecture.
+    command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items()), *spec["lm_flags"]]
     if init == "scratch-lm":
         command += ["--config_name", lm, "--tokenizer_name", lm]
     else:
