@@ -35,6 +35,17 @@ def make_config(cell_type: str = "lstm", **overrides) -> RNNLMConfig:
     return RNNLMConfig(**{**kwargs, **overrides})
 
 
+def load_bench_script(name: str):
+    """bench/<name>.py as a module: bench/ is a folder of scripts, not a package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def cache_of(output):
     """The recurrent cache of an output: field `cache` on transformers 5.24+, `past_key_values` before."""
     return getattr(output, CACHE_FIELD)

@@ -1,14 +1,13 @@
 """bench/downstream.py without training anything: the command of each initialisation, result rows merged into the
 JSON, parallel runs, and a run stopped at the deadline reported as unfinished (never as a result)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_bench_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "downstream.py"
+
 # Stands in for a training script: writes the run_info.json the driver reads, or sleeps past the deadline.
 FAKE_SCRIPT = """
 import json, sys, time
@@ -25,10 +24,7 @@ metrics = {"test_accuracy": 0.5 + 0.1 * ("--model_name_or_path" in args), "eval_
 
 @pytest.fixture(scope="module")
 def downstream():
-    spec = importlib.util.spec_from_file_location("bench_downstream", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("downstream")
 
 
 def namespace(**overrides):

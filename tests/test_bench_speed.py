@@ -1,24 +1,17 @@
 """Smoke test of bench/speed.py at toy sizes: it runs end to end and writes a complete JSON. Nothing is timed here."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "speed.py"
+from tests.conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def speed():
-    # bench/ is a folder of scripts, not a package: load the file as a module.
-    spec = importlib.util.spec_from_file_location("bench_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("speed")
 
 
 @pytest.fixture
