@@ -496,9 +496,10 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         # ULMFiT's concat pooling (Howard & Ruder 2018, 3.3) reads [h_T, maxpool(H), meanpool(H)].
         names = ("last", "max", "mean") if pooling == "concat" else (pooling,)
         hidden_states = outputs.last_hidden_state  # (batch, seq_len, output_size), zeros at padding
-        if attention_mask is None:
-            attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
-        mask = attention_mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)  # (batch, seq_len, 1)
+        if names != ("last",):
+            if attention_mask is None:
+                attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
+            mask = attention_mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)  # (batch, seq_len, 1)
         pooled = {}  # each (batch, output_size)
         if "last" in names:
             # The final h of each direction: forward after the last real token, backward after the first (as gpt2

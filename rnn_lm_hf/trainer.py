@@ -107,7 +107,6 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = args.save_strategy != "no"
             control.should_evaluate = args.eval_strategy != "no"
-            state.stopped_by_time_budget = True
 
 
 def epoch_decay_lambda(steps_per_epoch: int, decay: float, start_epoch: int):

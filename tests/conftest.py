@@ -1,6 +1,8 @@
 """Shared fixtures: tiny configs for every cell type and a tokenizer built offline with `tokenizers`."""
 
 import os
+import subprocess
+import sys
 
 
 # Nothing in the test suite may touch the network (CI has none): set before transformers is imported.
@@ -44,6 +46,17 @@ def load_bench_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_hub_code(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -c script args` in a fresh process that cannot import rnn_lm_hf from the checkout (no PYTHONPATH, a
+    tmp cwd) and has an empty offline HF cache: it must load the saved folder as Hub code. Fails on a non-zero exit."""
+    env = {**os.environ, "HF_HOME": str(cwd / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def cache_of(output):

@@ -1,9 +1,6 @@
 """save_pretrained/from_pretrained, Auto classes, Hub code in a process without rnn_lm_hf, pipelines."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -24,7 +21,7 @@ from rnn_lm_hf import (
     RNNLMForTokenClassification,
     RNNLMModel,
 )
-from tests.conftest import make_config
+from tests.conftest import make_config, run_hub_code
 
 
 HEADS = {
@@ -120,16 +117,7 @@ def test_hub_code_loads_without_the_package(tmp_path, tiny_config, tiny_tokenize
         {"prompt": prompt, "generated": model.generate(prompt, max_new_tokens=6, do_sample=False)},
         tmp_path / "expected.pt",
     )
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "expected.pt")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_hub_code(REMOTE_SCRIPT, str(folder), str(tmp_path / "expected.pt"), cwd=tmp_path)
     names = eval(result.stdout.strip().splitlines()[-1])
     assert names == {
         "AutoConfig": "RNNLMConfig",

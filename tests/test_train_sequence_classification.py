@@ -1,8 +1,6 @@
 """training/train_sequence_classification.py on tiny fixtures: tsv/jsonl, class files (Latin-1), k-fold, pipelines."""
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -12,6 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from rnn_lm_hf.training import train_sequence_classification as script
+from tests.conftest import run_hub_code
 
 
 SENTIMENT = Path(__file__).resolve().parent / "fixtures" / "sentiment"
@@ -76,16 +75,8 @@ HUB_CODE_SCRIPT = textwrap.dedent(
 
 def test_pipeline_through_hub_code(classifier, tmp_path):
     folder, _ = classifier
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", HUB_CODE_SCRIPT, str(folder), json.dumps(TEXTS)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    result = run_hub_code(HUB_CODE_SCRIPT, str(folder), json.dumps(TEXTS), cwd=tmp_path)
+    assert result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
 def test_class_files_latin1_cross_validation(tmp_path):

@@ -2,8 +2,6 @@
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +13,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, pipelin
 from rnn_lm_hf.tagging_data import tokenize_and_align_labels
 from rnn_lm_hf.tokenization import train_tokenizer
 from rnn_lm_hf.training import train_token_classification as script
+from tests.conftest import run_hub_code
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -119,16 +118,8 @@ HUB_CODE_SCRIPT = textwrap.dedent(
 
 def test_pipeline_through_hub_code(tagger, tmp_path):
     folder, _ = tagger
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", HUB_CODE_SCRIPT, str(folder), SENTENCE],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    result = run_hub_code(HUB_CODE_SCRIPT, str(folder), SENTENCE, cwd=tmp_path)
+    assert result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
 def test_conllu_upos_scores_token_accuracy_only(tmp_path, caplog):

@@ -27,10 +27,9 @@ from pathlib import Path
 import datasets
 import evaluate
 import numpy as np
-import transformers
 from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
-from rnn_lm_hf import RNNLMConfig, RNNLMForSequenceClassification
+from rnn_lm_hf import RNNLMForSequenceClassification
 from rnn_lm_hf.classification_data import kfold_splits, load_classification_dataset
 from rnn_lm_hf.cli import run_main
 from rnn_lm_hf.hub import finish_run
@@ -38,11 +37,13 @@ from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.training.transfer import (
     ModelArguments,
+    SplitArguments,
     TransferArguments,
     TransferTrainer,
     build_model,
+    checkpoint_labels,
     get_tokenizer,
-    parse_args,
+    start_run,
     train_evaluate_predict,
 )
 
@@ -53,17 +54,9 @@ REPORTED_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 
 
 @dataclass
-class DataArguments:
-    """Which files to read and how to split them."""
+class DataArguments(SplitArguments):
+    """Which files to read and how to split them (files: a .tsv/.csv/.jsonl/stsa.binary.* file or a class folder)."""
 
-    train_file: str | None = field(
-        default=None, metadata={"help": "Training data: a .tsv/.csv/.jsonl/stsa.binary.* file or a class-file folder."}
-    )
-    validation_file: str | None = field(default=None, metadata={"help": "Validation data (same layouts)."})
-    test_file: str | None = field(default=None, metadata={"help": "Test data (same layouts), scored by --do_predict."})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Name recorded in run_info.json and the model card (files are read locally)."}
-    )
     text_column: str | None = field(default=None, metadata={"help": "Text column (default: 'sentence' or 'text')."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (default: 'label')."})
     file_format: str | None = field(
@@ -76,7 +69,6 @@ class DataArguments:
     label_values: list[str] | None = field(
         default=None, metadata={"help": "Labels as written in the files, in id order (default: sorted train labels)."}
     )
-    encoding: str = field(default="utf-8", metadata={"help": "Encoding of the data files (rt-polarity: latin-1)."})
     cv_folds: int | None = field(
         default=None,
         metadata={"help": "No test split: k-fold cross-validation on --train_file (stratified; rt-polarity: 10)."},
@@ -85,12 +77,6 @@ class DataArguments:
         default=None,
         metadata={"help": "Without --validation_file: hold out this percentage of the training data (stratified)."},
     )
-    max_seq_length: int | None = field(
-        default=None, metadata={"help": "Truncate longer texts (in tokens); the RNN itself has no length limit."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation examples."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test examples."})
 
     def __post_init__(self):
         if self.train_file is None and self.test_file is None and self.validation_file is None:
@@ -114,28 +100,12 @@ class DataArguments:
 
 
 def read_splits(data_args: DataArguments, label_names: list[str] | None) -> datasets.DatasetDict:
-    data_files = {
-        split: path
-        for split, path in (
-            ("train", data_args.train_file),
-            ("validation", data_args.validation_file),
-            ("test", data_args.test_file),
-        )
-        if path
-    }
     reader_kwargs = {"text_column": data_args.text_column, "label_column": data_args.label_column}
     reader_kwargs.update(file_format=data_args.file_format, classes=data_args.classes)
     raw = load_classification_dataset(
-        data_files, label_names=label_names, encoding=data_args.encoding, **reader_kwargs
+        data_args.data_files, label_names=label_names, encoding=data_args.encoding, **reader_kwargs
     )
-    for split, limit in (
-        ("train", data_args.max_train_samples),
-        ("validation", data_args.max_eval_samples),
-        ("test", data_args.max_predict_samples),
-    ):
-        if split in raw and limit is not None:
-            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
-    return raw
+    return data_args.select_samples(raw)
 
 
 def make_compute_metrics(num_labels: int):
@@ -231,13 +201,7 @@ def cross_validate(raw, model_args, data_args, transfer_args, training_args) -> 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
-    model_args, data_args, transfer_args, training_args = parse_args(
-        (ModelArguments, DataArguments, TransferArguments, TrainingArguments), argv
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    # Published once at the end with the card (rnn_lm_hf.hub.finish_run), not checkpoint by checkpoint by Trainer.
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    model_args, data_args, transfer_args, training_args, push_to_hub = start_run(DataArguments, argv)
     if training_args.do_train and data_args.train_file is None:
         raise ValueError("--do_train needs --train_file")
     if training_args.do_eval and not (data_args.validation_file or data_args.validation_split_percentage):
@@ -248,10 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # Label names: given, from the train split, or (evaluation only) from the fine-tuned checkpoint.
     label_names = data_args.label_values
     if label_names is None and data_args.train_file is None:
-        if model_args.model_name_or_path is None:
-            raise ValueError("without --train_file, pass a fine-tuned classifier as --model_name_or_path")
-        id2label = RNNLMConfig.from_pretrained(model_args.model_name_or_path).id2label
-        label_names = [id2label[i] for i in range(len(id2label))]
+        label_names = checkpoint_labels(model_args, "classifier")
     raw = read_splits(data_args, label_names)
     logger.info(
         "Splits: %s; labels: %s", {k: len(v) for k, v in raw.items()}, raw[next(iter(raw))].features["label"].names

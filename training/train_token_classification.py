@@ -24,10 +24,9 @@ from pathlib import Path
 
 import datasets
 import evaluate
-import transformers
-from transformers import DataCollatorForTokenClassification, TrainingArguments, set_seed
+from transformers import DataCollatorForTokenClassification, set_seed
 
-from rnn_lm_hf import RNNLMConfig, RNNLMForTokenClassification
+from rnn_lm_hf import RNNLMForTokenClassification
 from rnn_lm_hf.cli import run_main
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
@@ -40,12 +39,12 @@ from rnn_lm_hf.tagging_data import (
     tokenize_and_align_labels,
 )
 from rnn_lm_hf.training.transfer import (
-    ModelArguments,
-    TransferArguments,
+    SplitArguments,
     TransferTrainer,
     build_model,
+    checkpoint_labels,
     get_tokenizer,
-    parse_args,
+    start_run,
     train_evaluate_predict,
 )
 
@@ -57,22 +56,15 @@ CHUNK_TAG = re.compile(r"^(O|[BIES]-.+)$")
 
 
 @dataclass
-class DataArguments:
-    """Which files to read and how to score them."""
+class DataArguments(SplitArguments):
+    """Which files to read and how to score them (files: CoNLL columns or CoNLL-U)."""
 
-    train_file: str | None = field(default=None, metadata={"help": "Training data: CoNLL columns or CoNLL-U."})
-    validation_file: str | None = field(default=None, metadata={"help": "Validation data (same format)."})
-    test_file: str | None = field(default=None, metadata={"help": "Test data (same format), scored by --do_predict."})
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Name recorded in run_info.json and the model card (files are read locally)."}
-    )
     file_format: str | None = field(
         default=None, metadata={"help": "'conll' or 'conllu' (default: 'conllu' for *.conllu files, else 'conll')."}
     )
     token_column: int = field(default=0, metadata={"help": "CoNLL: column of the token (0-based)."})
     tag_column: int = field(default=-1, metadata={"help": "CoNLL: column of the tag (negative counts from the end)."})
     conllu_tag: str = field(default="upos", metadata={"help": "CoNLL-U: tag column, 'upos' or 'xpos'."})
-    encoding: str = field(default="utf-8", metadata={"help": "Encoding of the data files."})
     unknown_label: str | None = field(
         default=None,
         metadata={"help": "Map tags of eval/test files unseen in training to this label (e.g. O) instead of failing."},
@@ -104,12 +96,6 @@ class DataArguments:
         },
     )
     return_entity_level_metrics: bool = field(default=False, metadata={"help": "Also report F1 per entity type."})
-    max_seq_length: int | None = field(
-        default=None, metadata={"help": "Truncate longer sentences (in tokens); the RNN itself has no length limit."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training sentences."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation sentences."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test sentences."})
 
     def __post_init__(self):
         if not (self.train_file or self.validation_file or self.test_file):
@@ -135,15 +121,7 @@ class DataArguments:
 
 def read_splits(data_args: DataArguments, labels: list[str] | None) -> tuple[datasets.DatasetDict, list[str]]:
     """The splits, every tag checked against `labels` (default: the whole train split's, before --max_train_samples)."""
-    data_files = {
-        split: path
-        for split, path in (
-            ("train", data_args.train_file),
-            ("validation", data_args.validation_file),
-            ("test", data_args.test_file),
-        )
-        if path
-    }
+    data_files = data_args.data_files
     first = next(iter(data_files.values()))
     file_format = data_args.file_format or ("conllu" if first.endswith(".conllu") else "conll")
     reader_kwargs = (
@@ -159,15 +137,8 @@ def read_splits(data_args: DataArguments, labels: list[str] | None) -> tuple[dat
         encoding=data_args.encoding,
         **reader_kwargs,
     )
-    labels = labels or label_list(raw["train"])
-    for split, limit in (
-        ("train", data_args.max_train_samples),
-        ("validation", data_args.max_eval_samples),
-        ("test", data_args.max_predict_samples),
-    ):
-        if split in raw and limit is not None:
-            raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
-    return raw, labels
+    labels = labels or label_list(raw["train"])  # before --max_train_samples cuts the split
+    return data_args.select_samples(raw), labels
 
 
 def word_prefix(tokenizer) -> str:
@@ -235,25 +206,14 @@ def write_predictions(path: Path, sentences: list[list[str]], gold: list[list[st
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
-    model_args, data_args, transfer_args, training_args = parse_args(
-        (ModelArguments, DataArguments, TransferArguments, TrainingArguments), argv
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    model_args, data_args, transfer_args, training_args, push_to_hub = start_run(DataArguments, argv)
     set_seed(training_args.seed)
-    # Published once at the end with the card (rnn_lm_hf.hub.finish_run), not checkpoint by checkpoint by Trainer.
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     for flag, option in (("do_train", "train_file"), ("do_eval", "validation_file"), ("do_predict", "test_file")):
         if getattr(training_args, flag) and getattr(data_args, option) is None:
             raise ValueError(f"--{flag} needs --{option}")
 
     # Labels: from the train split, or (evaluation only) from the fine-tuned checkpoint.
-    labels = None
-    if data_args.train_file is None:
-        if model_args.model_name_or_path is None:
-            raise ValueError("without --train_file, pass a fine-tuned tagger as --model_name_or_path")
-        id2label = RNNLMConfig.from_pretrained(model_args.model_name_or_path).id2label
-        labels = [id2label[i] for i in range(len(id2label))]
+    labels = checkpoint_labels(model_args, "tagger") if data_args.train_file is None else None
     raw, labels = read_splits(data_args, labels)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}

@@ -16,8 +16,9 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import transformers
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainerCallback, TrainingArguments
 
 from rnn_lm_hf import RNNLMConfig
 from rnn_lm_hf.cli import parse_script_args as parse_args  # noqa: F401 (the scripts' shared parser)
@@ -99,6 +100,46 @@ class ModelArguments:
 
 
 @dataclass
+class SplitArguments:
+    """The data options both scripts share: one file (or folder) per split, and how much of each to use."""
+
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training data: CoNLL/CoNLL-U (taggers); .tsv/.csv/.jsonl/stsa.binary.* or a class folder."},
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data (same format)."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data (same format), scored by --do_predict."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Name recorded in run_info.json and the model card (files are read locally)."}
+    )
+    encoding: str = field(default="utf-8", metadata={"help": "Encoding of the data files (rt-polarity: latin-1)."})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "Truncate longer examples (in tokens); the RNN itself has no length limit."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N validation examples."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Keep the first N test examples."})
+
+    @property
+    def data_files(self) -> dict[str, str]:
+        """{split: path} for the splits given."""
+        files = {"train": self.train_file, "validation": self.validation_file, "test": self.test_file}
+        return {split: path for split, path in files.items() if path}
+
+    def select_samples(self, raw):
+        """`raw` (a DatasetDict) cut to --max_{train,eval,predict}_samples, in place; returned for chaining."""
+        limits = {
+            "train": self.max_train_samples,
+            "validation": self.max_eval_samples,
+            "test": self.max_predict_samples,
+        }
+        for split, limit in limits.items():
+            if split in raw and limit is not None:
+                raw[split] = raw[split].select(range(min(limit, len(raw[split]))))
+        return raw
+
+
+@dataclass
 class TransferArguments:
     """ULMFiT fine-tuning options; both default to off (plain fine-tuning of every weight at one learning rate)."""
 
@@ -120,6 +161,26 @@ class TransferArguments:
     def __post_init__(self):
         if self.layerwise_lr_decay is not None and self.layerwise_lr_decay <= 0:
             raise ValueError(f"--layerwise_lr_decay must be > 0 (ULMFiT: 2.6), got {self.layerwise_lr_decay}")
+
+
+def start_run(data_arguments: type, argv: list[str] | None) -> tuple:
+    """Both scripts' start: (model, data, transfer, training) arguments, logging, and whether to push to the Hub.
+    Trainer's own push is turned off (it would push every checkpoint): `hub.finish_run` publishes once, with the card."""
+    model_args, data_args, transfer_args, training_args = parse_args(
+        (ModelArguments, data_arguments, TransferArguments, TrainingArguments), argv
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    return model_args, data_args, transfer_args, training_args, push_to_hub
+
+
+def checkpoint_labels(model_args: ModelArguments, head: str) -> list[str]:
+    """Evaluation only (no --train_file): the label names stored in the fine-tuned checkpoint, in id order."""
+    if model_args.model_name_or_path is None:
+        raise ValueError(f"without --train_file, pass a fine-tuned {head} as --model_name_or_path")
+    id2label = RNNLMConfig.from_pretrained(model_args.model_name_or_path).id2label
+    return [id2label[i] for i in range(len(id2label))]
 
 
 def apply_config_overrides(config: RNNLMConfig, overrides: str | None) -> None:
