@@ -30,7 +30,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
 from .modeling_rnn_lm import AUTO_MAP
-from .run_info import RUN_INFO_FILE, load_run_info
+from .run_info import RUN_INFO_FILE, is_secret, load_run_info
 
 
 logger = logging.getLogger(__name__)
@@ -330,7 +330,8 @@ def redact(text: str) -> str:
     """Blank out anything that looks like a Hub token (and the current token's value) before it reaches a card."""
     for secret in _secret_values():
         text = text.replace(secret, "<redacted>")
-    text = re.sub(r"(--(?:hub_)?token[= ])(\S+)", r"\1<redacted>", text)
+    # The values of credential options (--hub_token X, --password=X); other options (--tokenizer_kind) stay.
+    text = re.sub(r"(--([\w-]+)[= ])(\S+)", lambda m: m[1] + "<redacted>" if is_secret(m[2]) else m[0], text)
     return TOKEN_PATTERN.sub("<redacted>", text)
 
 

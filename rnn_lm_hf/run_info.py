@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -10,8 +11,17 @@ from typing import Any
 
 RUN_INFO_FILE = "run_info.json"
 TASKS = ("causal-lm", "token-classification", "sequence-classification")
-# Never written anywhere: argument names that can carry credentials.
-SECRET_NAMES = ("token", "hub_token", "push_to_hub_token", "password")
+# Never written anywhere: the values of options that carry credentials. Whole names, not substrings: `token` alone or
+# with a credential prefix (hub_token, push_to_hub_token, hf_token, auth_token, access_token, api_token), and
+# passwords, secrets and keys; `tokenizer_kind` or `label_sub_token` describe the run and must stay re-runnable.
+SECRET_NAME = re.compile(
+    r"^((hub|push_to_hub|hf|auth|access|api|bearer)_)?token$|passw(or)?d|secret|(^|_)(api|access|private)_?key$"
+)
+
+
+def is_secret(name: str) -> bool:
+    """Whether an option or argument name (with or without leading dashes) holds a credential."""
+    return bool(SECRET_NAME.search(name.lstrip("-").lower().replace("-", "_")))
 
 
 def command_line(argv: list[str] | None = None) -> str:
@@ -21,8 +31,7 @@ def command_line(argv: list[str] | None = None) -> str:
     else:
         argv = ["python", *(sys.argv if argv is None else [sys.argv[0], *argv])]
     for i, part in enumerate(argv):
-        name = part.lstrip("-").split("=")[0].lower()
-        if part.startswith("--") and any(secret in name for secret in SECRET_NAMES):
+        if part.startswith("--") and is_secret(part.split("=")[0]):
             if "=" in part:
                 argv[i] = f"{part.split('=')[0]}=***"
             elif i + 1 < len(argv):
@@ -39,7 +48,7 @@ def public_arguments(*arguments: Any) -> dict[str, Any]:
     return {
         key: value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
         for key, value in merged.items()
-        if not any(secret in key.lower() for secret in SECRET_NAMES)
+        if not is_secret(key)
     }
 
 
