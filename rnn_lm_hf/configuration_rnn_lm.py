@@ -33,9 +33,24 @@ class RNNLMConfig(PretrainedConfig):
         bidirectional (`bool`, *optional*, defaults to `False`):
             Read the sequence in both directions. Only for the encoder, tagging and classification heads: a causal
             language model must not see the future, and a bidirectional model has no generation cache.
+        hidden_sizes (`list[int]`, *optional*):
+            One state size per layer, e.g. AWD-LSTM's `[1150, 1150, 400]`, so a narrow last layer feeds a tied
+            softmax without a projection. `None` means `hidden_size` for every layer.
         dropout (`float`, *optional*, defaults to 0.0):
             Dropout on the embeddings, between recurrent layers and on the last layer's output (Zaremba et al. 2014
-            apply it to every non-recurrent connection). In `[0, 1)`.
+            apply it to every non-recurrent connection), a new mask per token. In `[0, 1)`.
+        dropout_embedding (`float`, *optional*, defaults to 0.0):
+            Embedding dropout (Gal & Ghahramani 2016; AWD-LSTM's `dropoute`): drops whole word types from the
+            embedding matrix for a forward pass, every occurrence of a dropped word at once, rescaling the kept rows.
+        dropout_input (`float`, *optional*, defaults to 0.0):
+            Locked (variational) dropout on the embeddings: one mask per sequence, shared over time (`dropouti`).
+        dropout_hidden (`float`, *optional*, defaults to 0.0):
+            Locked dropout between recurrent layers (`dropouth`).
+        dropout_output (`float`, *optional*, defaults to 0.0):
+            Locked dropout on the last layer's output, before the softmax or the task head (`dropout`).
+        weight_drop (`float`, *optional*, defaults to 0.0):
+            DropConnect on the hidden-to-hidden weights `W_hh` (Wan et al. 2013; AWD-LSTM, Merity et al. 2018): a new
+            mask per training forward, shared by every time step, so the fused cuDNN kernel still runs. None in eval.
         output_projection (`bool`, *optional*, defaults to `True`):
             When `embedding_size != hidden_size`, project the last hidden state to `embedding_size` before the output
             layer, so the output layer can share the input embedding matrix.
@@ -85,10 +100,16 @@ class RNNLMConfig(PretrainedConfig):
         hidden_size: int = 256,
         embedding_size: int | None = None,
         num_hidden_layers: int = 2,
+        hidden_sizes: list[int] | None = None,
         cell_type: str = "lstm",
         rnn_nonlinearity: str = "tanh",
         bidirectional: bool = False,
         dropout: float = 0.0,
+        dropout_embedding: float = 0.0,
+        dropout_input: float = 0.0,
+        dropout_hidden: float = 0.0,
+        dropout_output: float = 0.0,
+        weight_drop: float = 0.0,
         output_projection: bool = True,
         tie_word_embeddings: bool = True,
         initializer_range: float = 0.1,
@@ -105,10 +126,16 @@ class RNNLMConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.embedding_size = embedding_size
         self.num_hidden_layers = num_hidden_layers
+        self.hidden_sizes = list(hidden_sizes) if hidden_sizes is not None else None
         self.cell_type = cell_type
         self.rnn_nonlinearity = rnn_nonlinearity
         self.bidirectional = bidirectional
         self.dropout = dropout
+        self.dropout_embedding = dropout_embedding
+        self.dropout_input = dropout_input
+        self.dropout_hidden = dropout_hidden
+        self.dropout_output = dropout_output
+        self.weight_drop = weight_drop
         self.output_projection = output_projection
         self.tie_word_embeddings = tie_word_embeddings
         self.initializer_range = initializer_range
@@ -128,10 +155,20 @@ class RNNLMConfig(PretrainedConfig):
             _check_positive_int(name, getattr(self, name))
         if self.embedding_size is not None:
             _check_positive_int("embedding_size", self.embedding_size)
+        if self.hidden_sizes is not None:
+            if not isinstance(self.hidden_sizes, list) or len(self.hidden_sizes) != self.num_hidden_layers:
+                raise ValueError(
+                    f"`hidden_sizes` must list one size per layer ({self.num_hidden_layers} = num_hidden_layers), "
+                    f"got {self.hidden_sizes!r}; or leave it None to use hidden_size={self.hidden_size} everywhere."
+                )
+            for size in self.hidden_sizes:
+                _check_positive_int("hidden_sizes", size)
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
-        _check_probability("dropout", self.dropout)
+        for name in ("dropout", "dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output"):
+            _check_probability(name, getattr(self, name))
+        _check_probability("weight_drop", self.weight_drop)
         if self.classifier_dropout is not None:
             _check_probability("classifier_dropout", self.classifier_dropout)
         if not (isinstance(self.initializer_range, (int, float)) and self.initializer_range > 0):
@@ -163,6 +200,7 @@ class RNNLMConfig(PretrainedConfig):
 
         transformers' version casts each value to the type of the current one, so it cannot set a field that is
         None by default (`embedding_size`, `classifier_dropout`); those values are parsed as int/float/None/str.
+        A list field takes its items separated by `/`: `hidden_sizes=1150/1150/400`.
         """
         for item in update_str.split(","):
             if not item.strip():
@@ -173,10 +211,17 @@ class RNNLMConfig(PretrainedConfig):
                     f"config override {item!r}: expected key=value with a field of RNNLMConfig, "
                     "e.g. 'hidden_size=256,cell_type=gru'."
                 )
-            if getattr(self, key) is None:
-                setattr(self, key, _parse_scalar(value))
-            else:
+            current = getattr(self, key)
+            if current is None or isinstance(current, list):
+                setattr(self, key, _parse_value(value))
+                continue
+            try:
                 super().update_from_string(f"{key}={value}")
+            except ValueError:
+                kind = type(current).__name__
+                raise ValueError(
+                    f"config override {item!r}: `{key}` takes a {kind} (now {current!r}), got {value!r}."
+                ) from None
         self.check_architecture()
 
     # Derived values, computed here once so modules never re-derive them.
@@ -190,9 +235,19 @@ class RNNLMConfig(PretrainedConfig):
         return 2 if self.bidirectional else 1
 
     @property
+    def layer_hidden_sizes(self) -> list[int]:
+        """The state size of each layer."""
+        return self.hidden_sizes if self.hidden_sizes is not None else [self.hidden_size] * self.num_hidden_layers
+
+    def layer_input_size(self, layer_idx: int) -> int:
+        """Width of what layer `layer_idx` reads: the embeddings, or the previous layer's output."""
+        return self.input_size if layer_idx == 0 else self.layer_hidden_sizes[layer_idx - 1] * self.num_directions
+
+    @property
     def output_size(self) -> int:
-        """Width of every recurrent layer's output (both directions concatenated)."""
-        return self.hidden_size * self.num_directions
+        """Width of the last recurrent layer's output, both directions concatenated (`last_hidden_state`): a
+        bidirectional encoder's features are `2 * hidden_size` wide, as in torch's `nn.LSTM`, ELMo and Flair."""
+        return self.layer_hidden_sizes[-1] * self.num_directions
 
     @property
     def pooled_size(self) -> int:
@@ -213,6 +268,11 @@ class RNNLMConfig(PretrainedConfig):
     def layer_types(self) -> list[str]:
         # `DynamicCache(config=...)` reads this to build one recurrent (linear-attention) cache layer per layer.
         return ["linear_attention"] * self.num_hidden_layers
+
+
+def _parse_value(value: str) -> int | float | str | list | None:
+    # "1150/1150/400" -> [1150, 1150, 400]: commas already separate the overrides.
+    return [_parse_scalar(part) for part in value.split("/")] if "/" in value else _parse_scalar(value)
 
 
 def _parse_scalar(value: str) -> int | float | str | None:

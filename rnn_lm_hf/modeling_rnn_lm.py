@@ -78,13 +78,24 @@ class RNNLMCache(DynamicCache):
 @dataclass
 class RNNLMModelOutput(BaseModelOutputWithPast):
     r"""
-    final_states (`tuple(torch.FloatTensor)`, one per layer):
+    final_states (`tuple(torch.FloatTensor)`, one per layer, only with `output_final_states=True`):
         Each layer's state after the last real token of every row, shape
         `(batch_size, num_states * num_directions, hidden_size)`: `h` per direction, then `c` per direction for LSTM.
         With `bidirectional`, the backward `h` is the state after reading back to the first real token.
     """
 
     final_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class RNNLMCausalLMOutput(CausalLMOutputWithPast):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, output_size)`, *optional*):
+        With `output_hidden_states=True`: the last layer's output after its dropout, the softmax's input before
+        the optional projection (AWD-LSTM's activation regularisation penalises it).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
 
 
 class PaddingPacker:
@@ -102,13 +113,16 @@ class PaddingPacker:
         self.empty = self.lengths == 0  # rows with no real token keep their state untouched
         self.order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (batch, seq_len) real first
 
-    def pack(self, x: torch.Tensor) -> PackedSequence:
+    def pack(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The packed data (total_tokens, dim) and its layout (batch_sizes, sorted_indices, unsorted_indices)."""
         x = x.gather(1, self.order.unsqueeze(-1).expand_as(x))
         # pack_padded_sequence rejects empty rows: run them on one dummy step, undone in `unpack`/`final_state`.
         lengths = self.lengths.clamp(min=1).cpu()
-        return pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return packed.data, (packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
 
-    def unpack(self, packed: PackedSequence) -> torch.Tensor:
+    def unpack(self, data: torch.Tensor, packing: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        packed = PackedSequence(data, *packing)
         x, _ = pad_packed_sequence(packed, batch_first=True, total_length=self.seq_len)  # (batch, seq_len, dim)
         x = x.masked_fill(self.empty[:, None, None], 0.0)
         return torch.zeros_like(x).scatter(1, self.order.unsqueeze(-1).expand_as(x), x)
@@ -118,9 +132,41 @@ class PaddingPacker:
         return torch.where(self.empty[:, None, None], old, new)
 
 
-def map_features(fn, x: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
-    """Apply a per-token function (dropout) to a tensor or to the data of a packed sequence."""
-    return x._replace(data=fn(x.data)) if isinstance(x, PackedSequence) else fn(x)
+def locked_dropout(
+    x: torch.Tensor, p: float, training: bool, packing: tuple[torch.Tensor, ...] | None = None
+) -> torch.Tensor:
+    """Variational dropout (Gal & Ghahramani 2016): one mask per sequence, shared by all its time steps.
+
+    `x` is (batch, seq_len, dim), or packed data (total_tokens, dim) with its `packing` layout, whose time step t
+    holds the first `batch_sizes[t]` sequences in sorted order.
+    """
+    if not training or p == 0:
+        return x
+    if packing is None:
+        return x * x.new_empty(x.shape[0], 1, x.shape[-1]).bernoulli_(1 - p) / (1 - p)
+    batch_sizes = packing[0]  # (seq_len,) on the CPU
+    mask = x.new_empty(int(batch_sizes[0]), x.shape[-1]).bernoulli_(1 - p) / (1 - p)  # (batch, dim)
+    starts = torch.cumsum(batch_sizes, 0) - batch_sizes
+    rows = torch.arange(int(batch_sizes.sum())) - torch.repeat_interleave(starts, batch_sizes)  # sequence of each row
+    return x * mask[rows.to(x.device)]
+
+
+def check_labels(labels: torch.Tensor, shape: torch.Size, name: str = "labels", num_classes: int | None = None):
+    """A clear error for labels of the wrong shape or class ids out of range, instead of torch's deep message."""
+    if labels.shape != shape:
+        raise ValueError(
+            f"`{name}` has shape {tuple(labels.shape)} but the inputs need {tuple(shape)}: one label per "
+            f"{'token' if len(shape) == 2 else 'sequence'}, -100 where none."
+        )
+    if num_classes is None or labels.is_floating_point() or labels.numel() == 0 or labels.is_cuda:
+        return  # reading the values on the host would stall a GPU step
+    real = labels[labels != -100]
+    if real.numel() and (real.min() < 0 or real.max() >= num_classes):
+        bad = int(real.min()) if real.min() < 0 else int(real.max())
+        raise ValueError(
+            f"`{name}` holds class id {bad}, outside [0, num_labels={num_classes}): build the model with "
+            "num_labels covering every class (and id2label/label2id), or map the labels first; -100 is ignored."
+        )
 
 
 class RNNLMLayer(GradientCheckpointingLayer):
@@ -131,27 +177,47 @@ class RNNLMLayer(GradientCheckpointingLayer):
         self.layer_idx = layer_idx
         self.cell_type = config.cell_type
         self.num_directions = config.num_directions
+        self.weight_drop = config.weight_drop
         extra = {"nonlinearity": config.rnn_nonlinearity} if config.cell_type == "rnn" else {}
         self.rnn = RNN_CLASSES[config.cell_type](
-            input_size=config.input_size if layer_idx == 0 else config.output_size,
-            hidden_size=config.hidden_size,
+            input_size=config.layer_input_size(layer_idx),
+            hidden_size=config.layer_hidden_sizes[layer_idx],
             batch_first=True,
             bidirectional=config.bidirectional,
             **extra,
         )
 
     def forward(
-        self, hidden_states: torch.Tensor | PackedSequence, state: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
-        # hidden_states: (batch, seq_len, input_size) or packed; state: (batch, num_states * num_directions, hidden)
+        self,
+        hidden_states: torch.Tensor,
+        state: torch.Tensor | None = None,
+        packing: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # hidden_states: (batch, seq_len, input_size), or packed data (total_tokens, input_size) with its `packing`
+        # layout: plain tensors, so reentrant gradient checkpointing sees (and recomputes) this layer.
+        # state: (batch, num_states * num_directions, hidden)
         hx = None
         if state is not None:
             hx = state.transpose(0, 1).contiguous()  # torch layout: (num_states * num_directions, batch, hidden)
             if self.cell_type == "lstm":
                 hx = (hx[: self.num_directions].contiguous(), hx[self.num_directions :].contiguous())
-        output, hx = self.rnn(hidden_states, hx)
+        inputs = PackedSequence(hidden_states, *packing) if packing is not None else hidden_states
+        output, hx = self.run_rnn(inputs, hx)
+        output = output.data if packing is not None else output
         hx = torch.cat(hx, dim=0) if self.cell_type == "lstm" else hx
         return output, hx.transpose(0, 1)
+
+    def run_rnn(self, inputs, hx):
+        if not (self.training and self.weight_drop > 0):
+            return self.rnn(inputs, hx)
+        # DropConnect on W_hh (AWD-LSTM): the dropped matrices stand in for this call only, through functional_call,
+        # so the fused kernel still runs, gradients reach the raw weights and the state dict keeps its plain names.
+        dropped = {
+            name: nn.functional.dropout(param, self.weight_drop, training=True)
+            for name, param in self.rnn.named_parameters()
+            if name.startswith("weight_hh")
+        }
+        return torch.func.functional_call(self.rnn, dropped, (inputs, hx))
 
 
 class RNNLMPreTrainedModel(PreTrainedModel):
@@ -235,6 +301,15 @@ class RNNLMModel(RNNLMPreTrainedModel):
                 "model.resize_token_embeddings(len(tokenizer)) after adding tokens."
             )
 
+    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        embeds = self.embeddings(input_ids)  # (batch, seq_len, input_size)
+        p = self.config.dropout_embedding
+        if not self.training or p == 0:
+            return embeds
+        # Embedding dropout (AWD-LSTM's `dropoute`): a dropped word type is zero at every occurrence in this batch.
+        keep = embeds.new_empty(self.embeddings.num_embeddings).bernoulli_(1 - p) / (1 - p)  # (vocab_size,)
+        return embeds * keep[input_ids].unsqueeze(-1)
+
     def read_state(self, cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
         if cache is None:
             return None
@@ -280,6 +355,7 @@ class RNNLMModel(RNNLMPreTrainedModel):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_final_states: bool = False,
         return_dict: bool | None = None,
         **kwargs,
     ) -> RNNLMModelOutput | tuple:
@@ -291,6 +367,9 @@ class RNNLMModel(RNNLMPreTrainedModel):
             Recurrent state from a previous call (`DynamicCache` of one recurrent layer per hidden layer, each state
             of shape `(batch_size, num_states, hidden_size)`, `num_states` = 2 for LSTM `(h, c)`, else 1). The call
             continues from it, so the new tokens cost one recurrent step each. The stored state is detached.
+        output_final_states (`bool`, *optional*, defaults to `False`):
+            Also return every layer's state after the last real token of each row (`final_states`). Off by default:
+            a tuple indexed by layer is not a per-row output that pipelines can split into batch rows.
         """
         cache = pop_cache(cache, kwargs)
         output_hidden_states = (
@@ -302,40 +381,49 @@ class RNNLMModel(RNNLMPreTrainedModel):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             self.check_token_ids(input_ids)
-            inputs_embeds = self.embeddings(input_ids)  # (batch, seq_len, input_size)
+            inputs_embeds = self.embed(input_ids)  # (batch, seq_len, input_size)
         cache = self.prepare_cache(cache, bool(use_cache) or cache is not None)
 
-        packer = None
+        packer, packing = None, None
         if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[1] < inputs_embeds.shape[1]:
+                raise ValueError(
+                    f"`attention_mask` has shape {tuple(attention_mask.shape)} but the inputs are "
+                    f"{tuple(inputs_embeds.shape[:2])}: pass one 0/1 mask entry per input position, (batch, seq_len)."
+                )
             # generate() passes the full running mask with only the new tokens: keep the part of this call.
             attention_mask = attention_mask[:, -inputs_embeds.shape[1] :]
             if not bool(attention_mask.all()):
                 packer = PaddingPacker(attention_mask)
 
         hidden_states = self.dropout(inputs_embeds)
+        hidden_states = locked_dropout(hidden_states, self.config.dropout_input, self.training)
         all_hidden_states = (inputs_embeds,) if output_hidden_states else None
         if packer is not None:
-            hidden_states = packer.pack(hidden_states)
+            hidden_states, packing = packer.pack(hidden_states)  # (total_tokens, input_size)
         final_states = ()
         for layer_idx, layer in enumerate(self.layers):
             old_state = self.read_state(cache, layer_idx)
-            hidden_states, state = layer(hidden_states, old_state)  # positional: gradient checkpointing
+            hidden_states, state = layer(hidden_states, old_state, packing)  # positional: gradient checkpointing
             if packer is not None:
                 state = packer.final_state(state, old_state)
             self.write_state(cache, layer_idx, state)
             final_states += (state,)
             if output_hidden_states:
-                all_hidden_states += (packer.unpack(hidden_states) if packer is not None else hidden_states,)
-            hidden_states = map_features(self.dropout, hidden_states)
+                all_hidden_states += (packer.unpack(hidden_states, packing) if packer is not None else hidden_states,)
+            is_last = layer_idx == len(self.layers) - 1
+            hidden_states = self.dropout(hidden_states)
+            locked = self.config.dropout_output if is_last else self.config.dropout_hidden
+            hidden_states = locked_dropout(hidden_states, locked, self.training, packing)
         if packer is not None:
-            hidden_states = packer.unpack(hidden_states)  # (batch, seq_len, output_size)
+            hidden_states = packer.unpack(hidden_states, packing)  # (batch, seq_len, output_size)
         if isinstance(cache, RNNLMCache):
             cache.seen_tokens += inputs_embeds.shape[1]
 
         output = RNNLMModelOutput(
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
-            final_states=final_states,
+            final_states=final_states if output_final_states else None,
             **{CACHE_FIELD: cache if use_cache else None},
         )
         return output if return_dict else output.to_tuple()
@@ -393,7 +481,7 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast | tuple:
+    ) -> "RNNLMCausalLMOutput | tuple":
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Targets for language modelling. They are **shifted inside the model**, so `labels = input_ids` works;
@@ -423,13 +511,18 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:
+            for name, value in (("labels", labels), ("shift_labels", kwargs.get("shift_labels"))):
+                if value is not None:
+                    check_labels(value, outputs.last_hidden_state.shape[:2], name)
             # **kwargs carries num_items_in_batch from Trainer, so gradient accumulation averages per token.
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
-        output = CausalLMOutputWithPast(
+        output = RNNLMCausalLMOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
+            # The features the softmax reads, after output dropout: activation regularisation (AR) needs them.
+            last_hidden_state=outputs.last_hidden_state if output_hidden_states else None,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
@@ -473,6 +566,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (batch, seq_len, num_labels)
         loss = None
         if labels is not None:
+            check_labels(labels, logits.shape[:2], num_classes=self.num_labels)
             loss = self.loss_function(logits, labels, self.config, **kwargs)
         output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
@@ -538,11 +632,14 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=False,
             output_hidden_states=output_hidden_states,
+            output_final_states=True,
             return_dict=True,
         )
         logits = self.score(self.dropout(self.pool(outputs, attention_mask)))  # (batch, num_labels)
         loss = None
         if labels is not None:
+            if self.config.problem_type in (None, "single_label_classification") and not labels.is_floating_point():
+                check_labels(labels, logits.shape[:1], num_classes=self.num_labels if self.num_labels > 1 else None)
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config, **kwargs)
             num_items = kwargs.get("num_items_in_batch")
             if num_items is not None and self.config.problem_type in ("regression", "multi_label_classification"):

@@ -132,7 +132,7 @@ def test_right_padding_invariance_bidirectional_heads(cell_type, pooling):
 def test_last_pooling_uses_last_real_token_and_first_for_backward():
     config = make_config("gru", bidirectional=True, num_labels=2)
     model = RNNLMForSequenceClassification(config).eval()
-    out = model.model(ids(batch=1, seq_len=5), output_hidden_states=True)
+    out = model.model(ids(batch=1, seq_len=5), output_hidden_states=True, output_final_states=True)
     last_layer = out.hidden_states[-1]  # (1, 5, 64): forward half then backward half
     pooled = model.pool(out, None)
     torch.testing.assert_close(pooled[0, :32], last_layer[0, -1, :32])
@@ -146,7 +146,7 @@ def test_concat_pooling_is_last_max_mean_of_the_same_states(bidirectional):
     assert model.score.in_features == config.pooled_size == 3 * config.output_size
     batch = torch.cat([torch.cat([ids(batch=1, seq_len=4), torch.zeros(1, 3, dtype=torch.long)], 1), ids(batch=1)])
     mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1] * 7])
-    outputs = model.model(batch, attention_mask=mask)
+    outputs = model.model(batch, attention_mask=mask, output_final_states=True)
     concat = model.pool(outputs, mask)
     assert concat.shape == (2, 3 * config.output_size)
     parts = []
@@ -192,7 +192,9 @@ def test_tuple_output_equals_dict_output(tiny_config):
     as_tuple = model(input_ids, labels=input_ids, output_hidden_states=True, return_dict=False)
     torch.testing.assert_close(as_tuple[0], as_dict.loss)
     torch.testing.assert_close(as_tuple[1], as_dict.logits)
-    assert len(as_tuple[-1]) == 3  # hidden states last; the cache sits in between
+    # hidden states, then the dropped last-layer features (for AR); the cache sits in between
+    assert len(as_tuple[-2]) == 3
+    torch.testing.assert_close(as_tuple[-1], as_dict.last_hidden_state)
 
 
 def test_causal_lm_loss_is_token_mean_cross_entropy_shifted_inside(tiny_config):
@@ -310,6 +312,8 @@ def test_bidirectional_encoder_has_no_cache():
     model = RNNLMModel(make_config(bidirectional=True)).eval()
     out = model(ids(), use_cache=True)
     assert cache_of(out) is None and out.last_hidden_state.shape == (2, 7, 64)
+    assert out.final_states is None
+    out = model(ids(), output_final_states=True)
     assert out.final_states[0].shape == (2, 4, 32)  # (h_fwd, h_bwd, c_fwd, c_bwd) for LSTM
 
 
@@ -366,3 +370,38 @@ def test_config_is_the_single_source_of_truth():
     assert [type(r) for r in rnns] == [nn.RNN] * 3 and rnns[0].nonlinearity == "relu"
     assert (rnns[0].input_size, rnns[1].input_size, rnns[0].hidden_size) == (6, 12, 12)
     assert model.model.embeddings.weight.shape == (30, 6)
+
+
+def test_feature_extraction_pipeline_batches(tmp_path, tiny_tokenizer):
+    """Every output field is indexed by batch row, so the pipeline can split batched outputs (final states are
+    opt-in)."""
+    from transformers import pipeline
+
+    model = RNNLMModel(make_config("lstm", vocab_size=len(tiny_tokenizer))).eval()
+    extractor = pipeline("feature-extraction", model=model, tokenizer=tiny_tokenizer)
+    texts = ["the writer of the books", "a cat", "the keys to the cabinet are here", "we", "sampling one token"]
+    batched = extractor(texts, batch_size=4)
+    for text, features in zip(texts, batched):
+        alone = torch.tensor(extractor(text))  # (1, length, hidden)
+        batched_row = torch.tensor(features)[:, -alone.shape[1] :]  # the batch is left-padded: zeros in front
+        torch.testing.assert_close(batched_row, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask_len", [0, 5])
+def test_attention_mask_shorter_than_the_inputs_is_refused(tiny_config, mask_len):
+    model = RNNLMForCausalLM(tiny_config).eval()
+    with pytest.raises(ValueError, match=r"attention_mask.*\(2, 7\)"):
+        model(ids(), attention_mask=torch.ones(2, mask_len, dtype=torch.long))
+
+
+def test_labels_of_another_shape_or_class_are_refused(tiny_config):
+    with pytest.raises(ValueError, match=r"`labels` has shape \(2, 6\) but the inputs need \(2, 7\)"):
+        RNNLMForCausalLM(tiny_config)(ids(), labels=ids(seq_len=6))
+    tagger = RNNLMForTokenClassification(make_config("gru", num_labels=3))
+    with pytest.raises(ValueError, match="class id 3, outside"):
+        tagger(ids(), labels=torch.full((2, 7), 3))
+    classifier = RNNLMForSequenceClassification(make_config("gru", num_labels=2))
+    with pytest.raises(ValueError, match=r"class id 5, outside \[0, num_labels=2\)"):
+        classifier(ids(), labels=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match=r"shape \(2, 1\)"):
+        classifier(ids(), labels=torch.tensor([[0], [1]]))
