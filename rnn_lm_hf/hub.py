@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.j2"
 CARD_FILE = "README.md"
 METRICS_FILE = "all_results.json"  # what Trainer.save_metrics("all", ...) writes
+# Trainer.save_metrics(split) files, read (in this order) when a folder has no run_info.json.
+RESULTS_FILES = ("eval_results.json", "test_results.json", METRICS_FILE)
 WEIGHTS_FILE, WEIGHTS_INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Optional files a tokenizer or a run may leave; uploaded when present. Nothing else in an output folder goes up:
@@ -58,6 +60,8 @@ OPTIONAL_FILES = (
 # User access tokens look like `hf_` + 34 letters/digits; 30+ keeps clear of ordinary words.
 TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# What a Hub repo id can look like: `name` or `namespace/name` (huggingface_hub.utils.validate_repo_id's rule).
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,42 @@ class PublishError(RuntimeError):
     """The upload itself failed (network, permissions, server); the local folder is untouched."""
 
 
+# --------------------------------------------------------------------------------------------- loading
+
+
+def check_model_source(source: str, option: str | None = "model_name_or_path") -> str:
+    """`source` itself when it is an existing path or can be a Hub repo id; else a `FileNotFoundError` at once.
+
+    A missing folder would otherwise reach `from_pretrained` and end in "Repo id must be in the form ..." or, for a
+    mistyped relative path such as `runs/lm_wikitxt2` (which has the shape of `org/name`), in half a minute of Hub
+    retries. A path counts as local when it starts with `.`, `/` or `~`, has more than one `/`, is no valid repo id,
+    or its first part is a folder here (`runs/`).
+    """
+    if Path(source).expanduser().exists():
+        return source
+    first = Path(source).parts[0] if Path(source).parts else ""
+    local = (
+        source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or not REPO_ID_PATTERN.match(source)
+        or ("/" in source and Path(first).is_dir())
+    )
+    if local:
+        raise FileNotFoundError(
+            f"{f'--{option} ' if option else ''}{source}: no such model folder (relative to {Path.cwd()}); pass a "
+            "folder written by a training script or save_pretrained, or a Hub repo id such as org/name"
+        )
+    return source
+
+
+def model_task(source: str, **kwargs) -> str | None:
+    """The task of a saved model's head ("causal-lm", "token-classification", ...) from its config, or None."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(check_model_source(source, None), **kwargs)
+    return next((TASK_OF_CLASS[name] for name in config.architectures or [] if name in TASK_OF_CLASS), None)
+
+
 # --------------------------------------------------------------------------------------------- model card
 
 
@@ -176,6 +216,10 @@ def write_model_card(
 ) -> Path:
     """Render `README.md` in `model_dir` from its `config.json`, `run_info.json` and weights, and return its path.
 
+    Without `run_info.json` (a folder saved by plain `Trainer` or `save_pretrained`) the card comes from the config and
+    the Trainer's results files (`all_results.json`, `eval_results.json`, `test_results.json`); the command and
+    recipe are then marked as not recorded.
+
     Args:
         model_dir: a folder written by a training script (or by `save_pretrained` plus `save_run_info`).
         repo_id: the Hub id the usage snippets load from; defaults to `your-username/<folder name>`.
@@ -184,20 +228,21 @@ def write_model_card(
         datasets: Hub dataset ids for the metadata; defaults to the run's dataset name.
 
     Raises:
-        FileNotFoundError: `config.json`, `run_info.json` or the weights are missing.
+        FileNotFoundError: `config.json` or the weights are missing.
         ValueError: the run has no evaluation metrics (a card without results), or its `run_info.json` and
             `all_results.json` disagree.
     """
     folder = Path(model_dir)
     config = _read_json(folder / "config.json", "save the model with model.save_pretrained(folder)")
-    run = load_run_info(folder)
+    run = _recorded_run(folder, config)
     metrics = _run_metrics(folder)
     results = evaluation_results(metrics)
     if not results:
+        source = RUN_INFO_FILE if (folder / RUN_INFO_FILE).is_file() else f"{folder} ({', '.join(RESULTS_FILES)})"
         raise ValueError(
-            f"{folder / RUN_INFO_FILE} has no evaluation metrics (eval_*/test_* numbers), so the card would have no "
-            "results: evaluate the model (trainer.evaluate()) and save the metrics with save_run_info before writing "
-            "the card."
+            f"{source} has no evaluation metrics (eval_*/test_* numbers), so the card would have no results: evaluate "
+            "the model (trainer.evaluate()) and save the metrics (trainer.save_metrics('eval', metrics), or "
+            "save_run_info) before writing the card."
         )
     head = HEADS[run["task"]]
     repo_id = repo_id or f"your-username/{folder.resolve().name}"
@@ -260,8 +305,28 @@ def finish_run(output_dir: str | Path, training_args, push_to_hub: bool) -> None
         print(f"[hub] published {repo_id}: {url}")
 
 
+def _recorded_run(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """`run_info.json`, or what a folder without one tells: the task from the config's head class."""
+    if (folder / RUN_INFO_FILE).is_file():
+        return load_run_info(folder)
+    task = next((TASK_OF_CLASS[name] for name in config.get("architectures") or [] if name in TASK_OF_CLASS), None)
+    if task is None:
+        raise ValueError(
+            f"{folder / 'config.json'} names no rnn-lm-hf head in `architectures` ({config.get('architectures')}) "
+            f"and there is no {RUN_INFO_FILE}: save the model with model.save_pretrained(folder)."
+        )
+    return {"task": task, "command": None, "dataset": None, "evaluation_protocol": None, "arguments": {}}
+
+
 def _run_metrics(folder: Path) -> dict[str, Any]:
-    """The run's metrics (`run_info.json`), cross-checked with the Trainer's metrics file when there is one."""
+    """The run's metrics (`run_info.json`), cross-checked with the Trainer's metrics file when there is one; without
+    `run_info.json`, the Trainer's results files (`Trainer.save_metrics`)."""
+    if not (folder / RUN_INFO_FILE).is_file():
+        metrics: dict[str, Any] = {}
+        for name in RESULTS_FILES:  # the split files first: all_results.json holds the latest of everything
+            if (folder / name).is_file():
+                metrics.update(json.loads((folder / name).read_text()))
+        return metrics
     metrics = dict(load_run_info(folder).get("metrics") or {})
     metrics_file = folder / METRICS_FILE
     if metrics_file.is_file():
@@ -809,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check":
             print("\n".join(validate_folder(args.model_dir)))
         else:
+            if not (Path(args.model_dir) / CARD_FILE).is_file():  # e.g. a folder saved by plain Trainer
+                print(f"Wrote {write_model_card(args.model_dir, repo_id=args.repo_id)}")
             url = publish(
                 args.model_dir,
                 args.repo_id,

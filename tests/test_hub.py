@@ -443,3 +443,24 @@ def test_command_line_errors_are_one_line(tmp_path, capsys, online):
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert main(["card", str(tmp_path)]) == 2  # no config.json
     assert "config.json is missing" in capsys.readouterr().err
+
+
+def test_push_writes_a_card_for_a_folder_without_run_info(model_dir, online, capsys):
+    """A folder saved by plain Trainer (config, weights, tokenizer, Trainer's results files) publishes too."""
+    for name in ("run_info.json", "README.md"):
+        (model_dir / name).unlink()
+    assert main(["push", str(model_dir), "org/plain"]) == 0, capsys.readouterr().err
+    card = ModelCard((model_dir / "README.md").read_text())
+    shown = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    metrics = json.loads((model_dir / "all_results.json").read_text())
+    assert shown[("test", "perplexity")] == metrics["test_perplexity"]
+    assert "not recorded" in card.text and card.data.pipeline_tag == "text-generation"
+    assert {"README.md", "model.safetensors", "all_results.json"} <= online.list_files("org/plain")
+
+
+def test_card_without_run_info_or_results_names_the_fix(model_dir, capsys):
+    for name in ("run_info.json", "README.md", "all_results.json"):
+        (model_dir / name).unlink()
+    assert main(["card", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no evaluation metrics" in err and "save_metrics" in err
