@@ -282,6 +282,12 @@ def tokenize_and_align_labels(
     }
     all_labels, n_vanished = [], 0
     for row, tags in enumerate(examples[tags_column]):
+        if len(tags) != len(words[row]):  # would tag the wrong words, or fail deep inside with an IndexError
+            sentence = " ".join(words[row][:8]) + (" ..." if len(words[row]) > 8 else "")
+            raise DataFormatError(
+                f"sentence {sentence!r} has {len(words[row])} {tokens_column} but {len(tags)} {tags_column}: give "
+                "every token exactly one tag"
+            )
         word_ids = encoded.word_ids(batch_index=row)  # None for special tokens and padding, on either side
         seen = {word for word in word_ids if word is not None}
         n_vanished += sum(word not in seen for word in range(max(seen, default=-1)))  # before any truncation point

@@ -332,6 +332,10 @@ def test_align_truncation_unlabeled_and_errors(wordpiece):
         tokenize_and_align_labels({"tokens": [["New", "York"]], "tags": [["B-MISC", "O"]]}, tokenizer, LABEL2ID)
     with pytest.raises(ValueError, match="batched=True"):
         tokenize_and_align_labels({"tokens": ["New", "York"], "tags": ["B-LOC", "I-LOC"]}, tokenizer, LABEL2ID)
+    # Tags of another length than the tokens would tag the wrong words (or end in an IndexError).
+    for tags in (["B-LOC"], ["B-LOC", "I-LOC", "O"]):
+        with pytest.raises(DataFormatError, match=rf"'New York' has 2 tokens but {len(tags)} tags: give every token"):
+            tokenize_and_align_labels({"tokens": [["New", "York"]], "tags": [tags]}, tokenizer, LABEL2ID)
 
 
 def test_align_warns_when_a_word_gives_no_token(caplog):
