@@ -6,15 +6,30 @@ rnn-lm train --train_file my.txt --output_dir out --config_overrides "cell_type=
 rnn-lm evaluate out --file test.txt           # stateful stream perplexity
 rnn-lm generate out "the writer of" --do_sample --top_k 40
 rnn-lm train-tagger ... / rnn-lm train-classifier ...
+rnn-lm tokenizer corpus.txt --kind bpe --output_dir tok   # a tokenizer for your own Trainer code
 rnn-lm card out / rnn-lm push out org/name
+rnn-lm --threads 2 COMMAND ...                # CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, <= 4)
 """
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+# Trainer's defaults (learning rate 5e-5, a log line every 500 steps) are made for fine-tuning pretrained
+# transformers; an RNN trained from scratch barely moves at 5e-5, and `rnn-lm plot` would get one point. These apply
+# only to options the user did not give, as a flag or a config-file key, so `--learning_rate 5e-5` still means 5e-5.
+CLM_DEFAULTS = {"learning_rate": 2e-3, "logging_steps": 10}
+# Taggers and classifiers (from scratch or on an LM encoder): on the tiny NER fixture 40 steps reach entity F1 1.0
+# at 5e-3 and 0.36 at 5e-5.
+FINETUNE_DEFAULTS = {"learning_rate": 5e-3, "logging_steps": 10}
+NONFINITE_ACTIONS = ("stop", "skip")
 
 
 def run_main(main, argv: list[str] | None = None) -> int:
@@ -29,12 +44,74 @@ def run_main(main, argv: list[str] | None = None) -> int:
     return 0
 
 
-def parse_script_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple:
+@dataclass
+class RunArguments:
+    """How a training script uses the machine and what it does when the loss stops being a number (all scripts)."""
+
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch (torch.set_num_threads). Default: $OMP_NUM_THREADS when set, else half "
+            "the CPUs this process may use, at most 4 (torch's own default, every core, oversubscribes a busy "
+            "machine: the demo ran 14x slower on 2 shared cores)."
+        },
+    )
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={
+            "help": "When the training loss or a gradient is NaN/inf: 'stop' ends the run with an error before the "
+            "optimizer step (the last checkpoint stays good); 'skip' drops that step's update and goes on."
+        },
+    )
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(
+                f"--on_nonfinite must be one of {', '.join(NONFINITE_ACTIONS)}, got {self.on_nonfinite!r}"
+            )
+
+
+def default_threads() -> int:
+    """$OMP_NUM_THREADS when set, else half the usable CPUs (at most 4): small recurrent layers gain little from
+    more intra-op threads, and leaving cores free keeps a shared machine from thrashing."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cpus // 2))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """`torch.set_num_threads(threads or default_threads())`; returns the count."""
+    import torch
+
+    threads = threads or default_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def apply_run_arguments(run_args: RunArguments, training_args) -> None:
+    """Threads, and no pinned memory on CPU (the DataLoader warns about it at every epoch and evaluation)."""
+    set_threads(run_args.threads)
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+
+
+def parse_script_args(
+    dataclass_types: tuple[type, ...], argv: list[str] | None = None, defaults: dict | None = None
+) -> tuple:
     """`script.py [args.json|args.yaml] [--flag value ...]` as in run_clm; flags after the file override its values
-    (benchmark drivers, `rnn-lm train cfg.json --output_dir x`)."""
+    (benchmark drivers, `rnn-lm train cfg.json --output_dir x`). `defaults` replace dataclass defaults (and show in
+    `--help`) for the options neither the file nor the flags give."""
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(dataclass_types)
+    known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
+    defaults = {key: value for key, value in (defaults or {}).items() if key in known}
+    parser.set_defaults(**defaults)
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
         return parser.parse_args_into_dataclasses(args=argv)
@@ -50,7 +127,7 @@ def parse_script_args(dataclass_types: tuple[type, ...], argv: list[str] | None 
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
     if len(argv) == 1:
-        return parser.parse_dict(values)
+        return parser.parse_dict({**defaults, **values})
     flags = []
     for key, value in values.items():
         if isinstance(value, list):
@@ -76,20 +153,122 @@ def demo(argv: list[str]) -> int:
 
 
 def evaluate_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rnn-lm evaluate", description="Perplexity of a saved causal LM on a file.")
+    parser = argparse.ArgumentParser(
+        prog="rnn-lm evaluate",
+        description="Perplexity of a saved causal LM on a file: static (stateful stream), and optionally with dynamic "
+        "evaluation (Krause et al. 2018) and a neural cache (Grave et al. 2017). Text is prepared as the run prepared "
+        "its own (run_info.json): <eos> per line or kept newlines.",
+    )
     parser.add_argument("model", help="A saved model folder (or Hub id) with its tokenizer.")
     parser.add_argument("--file", required=True, help="Text file, one sentence/line (PTB style) or raw text.")
     parser.add_argument("--bptt", type=int, default=35, help="Segment length; the state is carried across segments.")
     parser.add_argument("--batch_size", type=int, default=1, help="Parallel streams (1 = exact: one stream).")
     parser.add_argument("--per_block", action="store_true", help="Reset the state every block instead.")
-    parser.add_argument("--no_eos", action="store_true", help="Do not append <eos> after each line.")
+    parser.add_argument("--add_eos", type=_bool, help="Append <eos> after each line (default: as trained).")
+    parser.add_argument("--keep_linebreaks", type=_bool, help="Keep each line's newline (default: as trained).")
+    parser.add_argument("--no_eos", action="store_true", help="Same as --add_eos false.")
+    parser.add_argument("--dynamic_eval", action="store_true", help="Also report dynamic_eval_perplexity.")
+    parser.add_argument("--neural_cache", action="store_true", help="Also report neural_cache_perplexity.")
+    parser.add_argument(
+        "--tune_file",
+        help="Grid-search the dynamic-evaluation and cache settings on this (validation) file first, then use the "
+        "best on --file; the trials are reported.",
+    )
+    parser.add_argument("--tune_tokens", type=int, default=20000, help="Tokens of --tune_file used by the search.")
+    parser.add_argument(
+        "--stats_file", help="Training text for dynamic evaluation's RMS gradients (default: the run's train_file)."
+    )
+    parser.add_argument("--stats_tokens", type=int, default=100000, help="Tokens of --stats_file used.")
+    parser.add_argument("--dynamic_lr", type=float, default=2e-3, help="Dynamic evaluation's step size eta.")
+    parser.add_argument("--dynamic_decay", type=float, default=0.02, help="Decay lambda toward the trained weights.")
+    parser.add_argument("--dynamic_bptt", type=int, default=5, help="Tokens per dynamic-evaluation update.")
+    parser.add_argument("--cache_size", type=int, default=500, help="Neural cache: previous positions kept.")
+    parser.add_argument("--cache_theta", type=float, default=1.0, help="Neural cache: flatness of its softmax.")
+    parser.add_argument("--cache_lambda", type=float, default=0.1, help="Neural cache: its weight in the mixture.")
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
-    metrics = evaluate_perplexity(
-        args.model, args.file, args.bptt, args.batch_size, not args.per_block, not args.no_eos, args.trust_remote_code
-    )
-    print(json.dumps(metrics, indent=2))
+    if args.no_eos:
+        args.add_eos = False
+    print(json.dumps(evaluate_file(args), indent=2))
     return 0
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def evaluate_file(args: argparse.Namespace) -> dict:
+    """`rnn-lm evaluate`: the static metrics, then the adaptive ones (tuned on `tune_file` when given)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rnn_lm_hf import evaluation
+
+    options = evaluation.TextOptions.of_run(args.model)
+    for key in ("add_eos", "keep_linebreaks"):
+        if getattr(args, key) is not None:
+            setattr(options, key, getattr(args, key))
+    static = evaluate_perplexity(
+        args.model, args.file, args.bptt, args.batch_size, not args.per_block, options, args.trust_remote_code
+    )
+    metrics = {"perplexity": static["eval_perplexity"], "loss": static["eval_loss"], "tokens": static["eval_tokens"]}
+    if not (args.dynamic_eval or args.neural_cache):
+        return metrics
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    tokens = evaluation.load_stream(args.file, tokenizer, options)
+    cache = {"cache_size": args.cache_size, "theta": args.cache_theta, "lambdah": args.cache_lambda}
+    dynamic = {"lr": args.dynamic_lr, "decay": args.dynamic_decay, "bptt": args.dynamic_bptt}
+    rms = None
+    if args.dynamic_eval:
+        stats_file = args.stats_file or _run_argument(args.model, "train_file")
+        if stats_file is None:
+            raise ValueError(
+                "--dynamic_eval needs training text for its gradient statistics: pass --stats_file (the model's "
+                "training file); this folder's run_info.json names none."
+            )
+        stats = evaluation.load_stream(stats_file, tokenizer, options)[: args.stats_tokens + 1]
+        rms = evaluation.gradient_statistics(model, stats)
+    if args.tune_file:
+        tune = evaluation.load_stream(args.tune_file, tokenizer, options)[: args.tune_tokens + 1]
+        metrics["tuning"] = {"file": args.tune_file, "tokens": len(tune) - 1}
+        if args.neural_cache:
+            log_probs, states, targets = evaluation.score_stream(model, tune)
+            best, trials = evaluation.grid_search(
+                lambda **s: evaluation.neural_cache_nll(log_probs, states, targets, args.cache_size, **s),
+                evaluation.CACHE_GRID,
+            )
+            cache.update(best)
+            metrics["tuning"]["neural_cache"] = trials
+        if args.dynamic_eval:
+            best, trials = evaluation.grid_search(
+                lambda **s: evaluation.dynamic_eval_nll(model, tune, rms, bptt=args.dynamic_bptt, **s),
+                evaluation.DYNAMIC_GRID,
+            )
+            dynamic.update(best)
+            metrics["tuning"]["dynamic_eval"] = trials
+    metrics.update(
+        evaluation.adaptive_perplexities(
+            model,
+            tokens,
+            dynamic_eval=dynamic if args.dynamic_eval else None,
+            neural_cache=cache if args.neural_cache else None,
+            rms=rms,
+        )
+    )
+    metrics["settings"] = {
+        **({"neural_cache": cache} if args.neural_cache else {}),
+        **({"dynamic_eval": dynamic} if args.dynamic_eval else {}),
+    }
+    return metrics
+
+
+def _run_argument(model_path: str, key: str):
+    path = Path(model_path) / "run_info.json"
+    return json.loads(path.read_text()).get("arguments", {}).get(key) if path.is_file() else None
 
 
 def evaluate_perplexity(
@@ -98,19 +277,20 @@ def evaluate_perplexity(
     bptt: int = 35,
     batch_size: int = 1,
     stateful: bool = True,
-    add_eos: bool = True,
+    options=None,
     trust_remote_code: bool = False,
 ) -> dict[str, float]:
-    """Token-weighted perplexity through the same evaluation loop training uses."""
+    """Token-weighted perplexity through the same evaluation loop training uses; the text is prepared with
+    `options` (`evaluation.TextOptions`), by default as the run recorded in `run_info.json`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-    from rnn_lm_hf.data import eval_stream_segments, group_into_blocks, load_text_datasets, tokenize_to_stream
+    from rnn_lm_hf.data import eval_stream_segments, group_into_blocks
+    from rnn_lm_hf.evaluation import TextOptions, load_stream
     from rnn_lm_hf.trainer import RNNLMTrainer
 
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    split = load_text_datasets(train_file=file, validation_split_percentage=0)["train"]
-    stream = tokenize_to_stream(split, tokenizer, add_eos=add_eos)
+    stream = load_stream(file, tokenizer, options or TextOptions.of_run(model_path))
     if stateful:
         dataset = eval_stream_segments(stream, bptt, 1, batch_size, tokenizer.pad_token_id, name=file)
     else:
@@ -140,6 +320,18 @@ def generate_command(argv: list[str]) -> int:
 
     from transformers import pipeline, set_seed
 
+    from rnn_lm_hf.hub import HEADS, model_task
+
+    # A classifier folder would otherwise end in two tracebacks from inside the pipeline.
+    task = model_task(args.model, trust_remote_code=args.trust_remote_code)
+    if task not in (None, "causal-lm"):
+        head = HEADS[task]
+        command = "train-tagger" if task == "token-classification" else "train-classifier"
+        raise ValueError(
+            f"{args.model} holds a {head.model_class} ({task} head), and `rnn-lm generate` needs a causal LM "
+            f"(RNNLMForCausalLM, from `rnn-lm train`); run this model with pipeline('{head.pipeline_tag}', "
+            f"model='{args.model}') (it comes from `rnn-lm {command}`)"
+        )
     set_seed(args.seed)
     generator = pipeline("text-generation", model=args.model, trust_remote_code=args.trust_remote_code)
     options = {
@@ -199,6 +391,12 @@ def plot_training_log(run_dir: str, out: str | None = None) -> Path:
     return path
 
 
+def tokenizer_command(argv: list[str]) -> int:
+    from rnn_lm_hf.tokenization import main as tokenizer_main
+
+    return tokenizer_main(argv)
+
+
 def hub_command(name: str, argv: list[str]) -> int:
     from rnn_lm_hf import hub
 
@@ -213,13 +411,39 @@ COMMANDS = {
     "evaluate": evaluate_command,
     "generate": generate_command,
     "plot": plot_command,
+    "tokenizer": lambda argv: tokenizer_command(argv),
     "card": lambda argv: hub_command("card", argv),
     "push": lambda argv: hub_command("push", argv),
 }
 
 
+TRAINING_COMMANDS = ("demo", "train", "train-tagger", "train-classifier")
+
+
+def pop_threads(argv: list[str]) -> tuple[int | None, list[str]]:
+    """A leading `--threads N` (or `--threads=N`) and the rest of the command line."""
+    if not argv or not argv[0].startswith("--threads"):
+        return None, argv
+    if "=" in argv[0]:
+        value, rest = argv[0].split("=", 1)[1], argv[1:]
+    else:
+        value, rest = (argv[1] if len(argv) > 1 else ""), argv[2:]
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--threads must be a positive int, got {value!r}")
+    return int(value), rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        threads, argv = pop_threads(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if threads is not None and argv and argv[0] in TRAINING_COMMANDS:
+        argv = [*argv, "--threads", str(threads)]  # the scripts set it themselves, with the rest of their options
+    elif argv and argv[0] in COMMANDS:
+        set_threads(threads)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         if argv and argv[0] not in ("-h", "--help"):

@@ -16,8 +16,10 @@ decoded piece must carry its own leading whitespace:
 `<unk>` is a special token, so `skip_special_tokens=True` (the pipeline default) drops it from decoded text.
 """
 
+import argparse
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -52,7 +54,7 @@ def train_tokenizer(
         lowercase (`bool`, *optional*, defaults to `False`): lowercase at training and at encoding time.
     """
     if kind not in TOKENIZER_KINDS:
-        raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {TOKENIZER_KINDS}.")
+        raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}.")
     if vocab_size is not None and vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive int or None, got {vocab_size}.")
     normalizer = normalizers.Lowercase() if lowercase else None
@@ -65,7 +67,10 @@ def train_tokenizer(
             counts.pop(token, None)
         kept = [t for t, c in counts.most_common(vocab_size) if c >= min_frequency]
         if not kept:
-            raise ValueError(f"No {kind} types with frequency >= {min_frequency} in the training texts.")
+            raise ValueError(
+                f"No {kind} types with frequency >= {min_frequency} in the training texts: pass non-empty texts "
+                "(the train split's lines) or lower min_frequency."
+            )
         backend = _word_level_backend(kept, kind, normalizer)
     return wrap_tokenizer(backend)
 
@@ -105,7 +110,11 @@ def check_special_tokens(tokenizer: PreTrainedTokenizerFast) -> None:
     got = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     expected = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     if got != expected:
-        raise ValueError(f"Tokenizer special token ids {got} differ from the fixed ids {expected}.")
+        raise ValueError(
+            f"Tokenizer special token ids {got} differ from the fixed ids {expected} that RNNLMConfig's pad/bos/"
+            "eos_token_id defaults assume: build it with rnn_lm_hf.tokenization.train_tokenizer or wrap_tokenizer "
+            "(specials first in the vocabulary)."
+        )
 
 
 def _count_types(texts: Iterable[str], kind: str, normalizer: normalizers.Normalizer | None) -> Counter:
@@ -154,3 +163,40 @@ def _train_byte_level_bpe(
     )
     backend.train_from_iterator(texts, trainer)
     return backend
+
+
+def read_training_lines(files: Iterable[str | Path], encoding: str = "utf-8") -> Iterator[str]:
+    """The non-empty lines of text files, checked up front: a missing or undecodable file names itself and the fix."""
+    paths = [Path(file) for file in files]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (relative to {Path.cwd()})")
+        try:  # decode everything now: an error raised inside the BPE trainer's iteration would lose its message
+            path.read_text(encoding=encoding)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not valid {encoding} ({error.reason}); pass --encoding, e.g. latin-1") from None
+    return (line for path in paths for line in path.read_text(encoding=encoding).splitlines() if line.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`rnn-lm tokenizer FILE... --output_dir DIR`: train a tokenizer for plain `Trainer` use and save it."""
+    parser = argparse.ArgumentParser(
+        prog="rnn-lm tokenizer",
+        description="Train a word, char or byte-level BPE tokenizer on text files (one sentence or document a line) "
+        "and save it; load it with AutoTokenizer.from_pretrained(DIR) and give the model vocab_size=len(tokenizer).",
+    )
+    parser.add_argument("files", nargs="+", help="Training text files (UTF-8 unless --encoding).")
+    parser.add_argument("--output_dir", required=True, help="Folder to save the tokenizer in.")
+    parser.add_argument("--kind", choices=TOKENIZER_KINDS, default="word", help="Tokenizer kind (default: word).")
+    parser.add_argument("--vocab_size", type=int, help="Most tokens learned, not counting the 4 specials.")
+    parser.add_argument("--min_frequency", type=int, default=1, help="Drop rarer types (default: 1).")
+    parser.add_argument("--lowercase", action="store_true", help="Lowercase at training and encoding time.")
+    parser.add_argument("--encoding", default="utf-8", help="Encoding of the files (default: utf-8).")
+    args = parser.parse_args(argv)
+    lines = read_training_lines(args.files, args.encoding)
+    tokenizer = train_tokenizer(
+        lines, kind=args.kind, vocab_size=args.vocab_size, min_frequency=args.min_frequency, lowercase=args.lowercase
+    )
+    tokenizer.save_pretrained(args.output_dir)
+    print(f"saved a {args.kind} tokenizer of {len(tokenizer)} tokens to {args.output_dir}")
+    return 0

@@ -9,6 +9,7 @@ from rnn_lm_hf.tokenization import (
     PAD_TOKEN_ID,
     SPECIAL_TOKENS,
     UNK_TOKEN_ID,
+    check_special_tokens,
     load_tokenizer,
     train_tokenizer,
     word_tokenizer_from_vocab,
@@ -185,3 +186,18 @@ def test_ptb_word_vocabulary(shared_data):
     literal_unks = sum(line.split().count("<unk>") for line in lines)
     assert literal_unks == 45020
     assert sum(x.count(UNK_TOKEN_ID) for x in ids) == literal_unks
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tokenizer_command_trains_and_saves_a_tokenizer(tmp_path, capsys, kind):
+    """`rnn-lm tokenizer`: the tokenizer for users of plain `Trainer`, loadable with AutoTokenizer."""
+    from rnn_lm_hf.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(WORD_TEXTS) + "\n\n")
+    out = tmp_path / "tok"
+    assert main(["tokenizer", str(corpus), "--kind", kind, "--output_dir", str(out)]) == 0
+    assert f"saved a {kind} tokenizer" in capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    check_special_tokens(tokenizer)
+    assert tokenizer.padding_side == "left" and tokenizer.unk_token_id not in tokenizer(WORD_TEXTS[0]).input_ids
