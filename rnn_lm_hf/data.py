@@ -193,6 +193,11 @@ class StreamSegments(torch.utils.data.Dataset):
 
     Each example also has `stream_id` and `segment_id` (int64 scalars): the trainer resets the carried state where
     `segment_id == 0` and MUST pop both keys before calling the model.
+
+    With `variable_bptt`, segment k of every stream has its own length, drawn anew each epoch (`set_epoch`) as in
+    AWD-LSTM (Merity et al. 2018, 4.1): `bptt` with probability 0.95, else `bptt / 2`, plus N(0, 5) noise, at least 5.
+    The lengths are rescaled to tile the streams exactly, so the number of segments per epoch stays fixed and every
+    token is still predicted exactly once; the windows' cut points move from epoch to epoch.
     """
 
     def __init__(
@@ -203,6 +208,8 @@ class StreamSegments(torch.utils.data.Dataset):
         num_processes: int = 1,
         pad_token_id: int = PAD_TOKEN_ID,
         name: str = "corpus",
+        variable_bptt: bool = False,
+        seed: int = 0,
     ):
         if per_device_batch_size < 1 or num_processes < 1:
             raise ValueError(f"per_device_batch_size={per_device_batch_size} and num_processes must be >= 1.")
@@ -223,11 +230,27 @@ class StreamSegments(torch.utils.data.Dataset):
             input_ids[s, :length] = tokens[start - 1 : start - 1 + length]
             shift_labels[s, :length] = tokens[start : start + length]
             start += length
-        shape = (self.num_streams, self.num_segments, bptt)
+        # (num_streams, width) each; segment k of every stream is columns bounds[k]:bounds[k + 1].
         self._columns = {
-            key: torch.from_numpy(value).view(shape)
-            for key, value in _block_columns(input_ids.reshape(-1, bptt), shift_labels.reshape(-1, bptt)).items()
+            key: torch.from_numpy(value) for key, value in _block_columns(input_ids, shift_labels).items()
         }
+        self.variable_bptt, self.seed = variable_bptt, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the segment lengths of `epoch` (fixed `bptt` windows unless `variable_bptt`)."""
+        width = self.num_segments * self.bptt
+        if not self.variable_bptt:
+            self.bounds = np.arange(0, width + 1, self.bptt)
+            return
+        rng = np.random.default_rng([self.seed, epoch])
+        base = np.where(rng.random(self.num_segments) < 0.95, self.bptt, self.bptt / 2)
+        lengths = np.maximum(min(5, self.bptt), rng.normal(base, 5))
+        cuts = np.round(np.cumsum(lengths) / lengths.sum() * width).astype(np.int64)
+        # Rounding never merges two cuts: every window keeps at least one position.
+        cuts = np.maximum(cuts, np.arange(1, self.num_segments + 1))
+        cuts = np.minimum(cuts, width - np.arange(self.num_segments - 1, -1, -1))
+        self.bounds = np.concatenate([[0], cuts])
 
     def __len__(self) -> int:
         return self.num_streams * self.num_segments
@@ -242,7 +265,8 @@ class StreamSegments(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} segments")
         stream_id, segment_id = self.locate(index)
-        example = {key: value[stream_id, segment_id] for key, value in self._columns.items()}
+        start, end = self.bounds[segment_id], self.bounds[segment_id + 1]
+        example = {key: value[stream_id, start:end] for key, value in self._columns.items()}
         example["stream_id"] = torch.tensor(stream_id)
         example["segment_id"] = torch.tensor(segment_id)
         return example

@@ -8,26 +8,68 @@ Each process owns its own streams (see `StreamSegments`), so this works with gra
 """
 
 import csv
+import logging
 import math
 import os
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import evaluate
 import torch
 from torch.utils.data import SequentialSampler
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import StreamSegments
 from .metrics import metric_path
 from .modeling_rnn_lm import CACHE_FIELD, RNNLMCache
+from .nt_asgd import NTASGDCallback
 
 
+try:  # a function in recent transformers; a Trainer method (reading args.save_total_limit) in older 5.x releases
+    from transformers.trainer_utils import rotate_checkpoints
+except ImportError:
+    rotate_checkpoints = None
+
+logger = logging.getLogger(__name__)
 STATE_FILE = "rnn_state_{process}.pt"
+NT_ASGD_FILE = "nt_asgd.pt"
 # Written last into a checkpoint folder: a folder without it was cut short by a kill and is never resumed from.
 COMPLETE_MARKER = "checkpoint_complete"
 STREAM_KEYS = ("stream_id", "segment_id")
+
+
+@dataclass
+class RNNLMTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus AWD-LSTM's optimisation knobs (Merity et al. 2018); all off by default."""
+
+    activation_regularization: float = field(
+        default=0.0,
+        metadata={"help": "AR: alpha * mean(h^2) of the last layer's dropped output, added in training (AWD: 2)."},
+    )
+    temporal_activation_regularization: float = field(
+        default=0.0,
+        metadata={"help": "TAR: beta * mean((h_t - h_{t-1})^2) of the last layer's raw output (AWD: 1)."},
+    )
+    nt_asgd: bool = field(
+        default=False,
+        metadata={"help": "NT-ASGD: average the weights once validation stalls for nt_asgd_nonmono checks."},
+    )
+    nt_asgd_nonmono: int = field(default=5, metadata={"help": "NT-ASGD's non-monotone interval n (AWD: 5)."})
+    nt_asgd_finetune: bool = field(
+        default=False,
+        metadata={"help": "AWD's finetune stage: average from the first step, stop when validation stalls."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("activation_regularization", "temporal_activation_regularization"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        if (self.nt_asgd or self.nt_asgd_finetune) and self.eval_strategy == "no":
+            raise ValueError("--nt_asgd/--nt_asgd_finetune watch the validation loss: set --eval_strategy epoch.")
 
 
 class CarriedState:
@@ -128,6 +170,13 @@ class RNNLMTrainer(Trainer):
         self.lr_decay, self.lr_decay_start_epoch = lr_decay, lr_decay_start_epoch
         self.carried = {"train": CarriedState(), "eval": CarriedState()}
         self.perplexity_metric = evaluate.load(metric_path("perplexity"), keep_in_memory=True)
+        self.ar_alpha = getattr(self.args, "activation_regularization", 0.0)
+        self.tar_beta = getattr(self.args, "temporal_activation_regularization", 0.0)
+        self.loss_parts: dict[str, float] = {}  # summed since the last log: the cross-entropy apart from AR/TAR
+        self.nt_asgd = None
+        if getattr(self.args, "nt_asgd", False) or getattr(self.args, "nt_asgd_finetune", False):
+            self.nt_asgd = NTASGDCallback(self.args.nt_asgd_nonmono, average_from_start=self.args.nt_asgd_finetune)
+            self.add_callback(self.nt_asgd)
 
     # ----- data order -----
     def _get_train_sampler(self, train_dataset=None):
@@ -150,14 +199,60 @@ class RNNLMTrainer(Trainer):
 
     # ----- training -----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "segment_id" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        stream_ids, segment_ids = (inputs.pop(key) for key in STREAM_KEYS)
-        carried = self.carried["train" if model.training else "eval"]
-        inputs = {**inputs, "cache": carried.take(stream_ids, segment_ids), "use_cache": True}
+        stateful = "segment_id" in inputs
+        if stateful:
+            stream_ids, segment_ids = (inputs.pop(key) for key in STREAM_KEYS)
+            carried = self.carried["train" if model.training else "eval"]
+            inputs = {**inputs, "cache": carried.take(stream_ids, segment_ids), "use_cache": True}
+        regularize = model.training and (self.ar_alpha > 0 or self.tar_beta > 0)
+        if regularize:
+            inputs = {**inputs, "output_hidden_states": True}
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        carried.cache = getattr(outputs, CACHE_FIELD)  # the model stores detached states
+        if stateful:
+            carried.cache = getattr(outputs, CACHE_FIELD)  # the model stores detached states
+        if regularize:
+            loss = loss + self.activation_penalties(outputs, inputs.get("attention_mask"), loss.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def activation_penalties(self, outputs, attention_mask: torch.Tensor | None, ce: torch.Tensor) -> torch.Tensor:
+        """AR + TAR (Merity et al. 2018, 4.6) over the real positions, per micro-batch, logged apart from the CE."""
+        dropped, raw = outputs.last_hidden_state, outputs.hidden_states[-1]  # (batch, seq_len, output_size) each
+        real = torch.ones(dropped.shape[:2], device=dropped.device) if attention_mask is None else attention_mask
+        real = real.to(dropped.dtype)
+        pairs = real[:, 1:] * real[:, :-1]  # TAR compares neighbours that are both real
+        width = dropped.shape[-1]
+        ar = self.ar_alpha * (dropped.pow(2).sum(-1) * real).sum() / (real.sum() * width).clamp(min=1)
+        step = (raw[:, 1:] - raw[:, :-1]).pow(2).sum(-1)
+        tar = self.tar_beta * (step * pairs).sum() / (pairs.sum() * width).clamp(min=1)
+        for name, value in (("loss_ce", ce), ("loss_ar", ar.detach()), ("loss_tar", tar.detach())):
+            self.loss_parts[name] = self.loss_parts.get(name, 0.0) + float(value)
+        self.loss_parts["parts_count"] = self.loss_parts.get("parts_count", 0) + 1
+        # The CE is already divided for gradient accumulation (num_items_in_batch); these means are per micro-batch.
+        return (ar + tar) / self.args.gradient_accumulation_steps
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        dataset = self.train_dataset
+        if getattr(dataset, "variable_bptt", False) and self.lr_scheduler is not None:
+            # AWD-LSTM scales the step size with the window length, so short windows don't weigh as much as long ones.
+            scale = inputs["input_ids"].shape[1] / dataset.bptt
+            for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+                group["lr"] = lr * scale
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self.loss_parts:
+            count = self.loss_parts.pop("parts_count")
+            logs.update({name: round(value / count, 4) for name, value in self.loss_parts.items()})
+            self.loss_parts = {}
+        super().log(logs, *args, **kwargs)
+
+    def train(self, *args, **kwargs):
+        """After training with NT-ASGD the model keeps the averaged weights (what AWD-LSTM evaluates and saves)."""
+        result = super().train(*args, **kwargs)
+        if self.nt_asgd is not None and self.nt_asgd.active:
+            self.nt_asgd.copy_into(self.model, self.nt_asgd.average)
+            self.nt_asgd.average = None  # the model now holds it; later evaluations use the model as it is
+        return result
 
     # ----- evaluation -----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -175,6 +270,15 @@ class RNNLMTrainer(Trainer):
             )
         dataloader = self.get_eval_dataloader(dataset)
         model = self._wrap_model(self.model, training=False, dataloader=dataloader)
+        averaging = self.nt_asgd.averaged_weights(self.model) if self.nt_asgd is not None else nullcontext()
+        with averaging:
+            metrics = self.stream_perplexity(model, dataloader, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def stream_perplexity(self, model, dataloader, metric_key_prefix: str) -> dict[str, float]:
+        was_training = model.training
         model.eval()
         carried = CarriedState()
         nll_sums, token_counts = [], []
@@ -195,26 +299,37 @@ class RNNLMTrainer(Trainer):
                 nll_sums += pair[:, 0].tolist()
                 token_counts += pair[:, 1].long().tolist()
         result = self.perplexity_metric.compute(predictions=nll_sums, references=token_counts)
-        metrics = {
+        model.train(was_training)
+        return {
             f"{metric_key_prefix}_loss": result["loss"],
             f"{metric_key_prefix}_perplexity": result["perplexity"],
             f"{metric_key_prefix}_tokens": result["num_tokens"],
         }
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
 
     # ----- checkpoints: carried state + completion marker -----
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if not folder.is_dir():  # rotated away already (save_total_limit)
-            return
-        state_path = folder / STATE_FILE.format(process=self.args.process_index)
-        atomic_torch_save(self.carried["train"].state_dict(), state_path)
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            (folder / COMPLETE_MARKER).write_text(str(self.state.global_step))
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        # Trainer deletes old checkpoints (save_total_limit) at the end of its own save, before our state file and
+        # marker: rotate only once this one is complete, so a failed write never leaves no usable checkpoint.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+            state_path = folder / STATE_FILE.format(process=self.args.process_index)
+            atomic_torch_save(self.carried["train"].state_dict(), state_path)
+            if self.nt_asgd is not None and self.args.should_save:
+                atomic_torch_save(self.nt_asgd.state_dict(), folder / NT_ASGD_FILE)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                (folder / COMPLETE_MARKER).write_text(str(self.state.global_step))
+        except OSError as error:  # disk full, read-only or vanished folder
+            raise CheckpointWriteError(folder, error, last_complete_checkpoint(run_dir)) from error
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save and rotate_checkpoints is not None:
+            rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint)
+        elif self.args.should_save:
+            self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -222,6 +337,10 @@ class RNNLMTrainer(Trainer):
         if state_path.is_file():
             saved = torch.load(state_path, map_location="cpu", weights_only=True)
             self.carried["train"].load_state_dict(saved, self.model.config, self.args.device)
+        asgd_path = Path(resume_from_checkpoint) / NT_ASGD_FILE
+        if self.nt_asgd is not None and asgd_path.is_file():
+            saved = torch.load(asgd_path, map_location="cpu", weights_only=True)
+            self.nt_asgd.load_state_dict(saved, self.args.device)
 
 
 def check_layout(dataset: StreamSegments, batch_size: int, world_size: int, option: str) -> None:
@@ -230,6 +349,23 @@ def check_layout(dataset: StreamSegments, batch_size: int, world_size: int, opti
         raise ValueError(
             f"The stream segments were built for {dataset.batch_size} rows x {dataset.num_processes} processes, but "
             f"--{option} is {batch_size} on {world_size} processes: build them with the same values."
+        )
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the folder, the cause and the checkpoint to resume from."""
+
+    def __init__(self, folder: Path, error: OSError, previous: str | None):
+        cause = error.strerror or str(error) or type(error).__name__
+        where = f" ({error.filename})" if error.filename else ""
+        resume = (
+            f"the previous checkpoint {previous} is complete: resume from it with --resume_from_checkpoint auto"
+            if previous
+            else "no earlier checkpoint is complete, so a new run starts from scratch"
+        )
+        super().__init__(
+            f"could not write checkpoint {folder}: {cause}{where}. Free disk space or make {folder.parent} writable; "
+            f"{resume} (the incomplete folder is never resumed from)."
         )
 
 
@@ -254,3 +390,43 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss or its gradients became NaN/inf (raised by `GradientHealthCallback` in "stop" mode)."""
+
+
+class GradientHealthCallback(TrainerCallback):
+    """Checks the gradients before every optimizer step; a NaN/inf gradient (from a non-finite loss or an overflow)
+    stops the run before the update (`on_nonfinite="stop"`: the weights and the last checkpoint stay good) or drops
+    that update (`"skip"`). Logs `nonfinite_steps`, the count of dropped updates; Trainer already logs `grad_norm`,
+    the pre-clip norm, whenever `max_grad_norm` is set. Works with any `Trainer`: `callbacks=[GradientHealthCallback()]`.
+    """
+
+    def __init__(self, on_nonfinite: str = "stop"):
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.nonfinite_steps = 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        # One host sync per step: the norm of all gradients is finite iff every gradient is.
+        if not grads or torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).norm()):
+            return
+        step = state.global_step + 1
+        if self.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"the training loss or its gradients became NaN/inf at step {step}, so training stopped before that "
+                "update: lower --learning_rate, clip with --max_grad_norm, train in fp32, or pass --on_nonfinite skip "
+                "to drop such steps (resume with --resume_from_checkpoint auto)"
+            )
+        self.nonfinite_steps += 1
+        logger.warning("Step %d: non-finite gradients, update skipped (%d so far)", step, self.nonfinite_steps)
+        # A parameter without a gradient is left alone by the optimizer step.
+        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            logs["nonfinite_steps"] = self.nonfinite_steps

@@ -1,6 +1,9 @@
 """Train a recurrent language model (Elman RNN, LSTM, GRU) with transformers' Trainer, in the shape of `run_clm.py`.
 
-With no data argument it trains on the built-in agreement corpus (the demo). Examples:
+Without --train_file/--dataset_name it trains on the built-in agreement corpus (the demo: `rnn-lm demo`, or
+`train_clm.py training/configs/demo.json`); with no arguments at all it stops and says what to pass. Unless given,
+the learning rate is 2e-3 and a loss is logged every 10 steps (Trainer's 5e-5 and 500 are for fine-tuning
+transformers). Examples:
 
     # The classic PTB small recipe (Zaremba et al. 2014), stateful truncated BPTT, SGD with epoch-wise decay:
     python training/train_clm.py training/configs/ptb_small_zaremba.json
@@ -31,7 +34,7 @@ from transformers import (
 )
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
-from rnn_lm_hf.cli import parse_script_args, run_main
+from rnn_lm_hf.cli import CLM_DEFAULTS, RunArguments, apply_run_arguments, parse_script_args, run_main
 from rnn_lm_hf.data import (
     StreamSegments,
     eval_stream_segments,
@@ -43,7 +46,14 @@ from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_dem
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
-from rnn_lm_hf.trainer import CSVLogCallback, RNNLMTrainer, TimeBudgetCallback, last_complete_checkpoint
+from rnn_lm_hf.trainer import (
+    CSVLogCallback,
+    GradientHealthCallback,
+    RNNLMTrainer,
+    RNNLMTrainingArguments,
+    TimeBudgetCallback,
+    last_complete_checkpoint,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -96,6 +106,10 @@ class DataArguments:
     keep_linebreaks: bool = field(default=False, metadata={"help": "Keep newlines (char LMs on raw text)."})
     add_eos: bool = field(default=True, metadata={"help": "Append <eos> after every line (the PTB convention)."})
     block_size: int = field(default=35, metadata={"help": "Truncated-BPTT length: tokens per training segment."})
+    variable_bptt: bool = field(
+        default=False,
+        metadata={"help": "AWD-LSTM's random window length per batch (mean ~block_size), learning rate scaled by it."},
+    )
     stateful: bool = field(
         default=True,
         metadata={
@@ -125,6 +139,8 @@ class DataArguments:
             raise ValueError(f"--block_size must be a positive int, got {self.block_size}.")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"--max_train_minutes must be > 0, got {self.max_train_minutes}.")
+        if self.variable_bptt and not self.stateful:
+            raise ValueError("--variable_bptt cuts the carried streams: it needs --stateful true.")
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr_decay must be in (0, 1], got {self.lr_decay}.")
 
@@ -133,11 +149,16 @@ class DataArguments:
         return self.train_file is None and self.dataset_name is None
 
 
-def parse_arguments(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_arguments(
+    argv: list[str] | None,
+) -> tuple[ModelArguments, DataArguments, TrainingArguments, RunArguments]:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:  # a bare `train_clm.py` is the demo
-        argv = [str(DEMO_CONFIG)]
-    return parse_script_args((ModelArguments, DataArguments, TrainingArguments), argv)
+    if not argv:  # never a silent demo run over outputs/rnn-lm-demo
+        raise ValueError(
+            "nothing to train on: pass --train_file FILE (or --dataset_name NAME) and --output_dir DIR, or a config "
+            "file such as training/configs/ptb_small_zaremba.json; `rnn-lm demo` trains the built-in demo"
+        )
+    return parse_script_args((ModelArguments, DataArguments, RNNLMTrainingArguments, RunArguments), argv, CLM_DEFAULTS)
 
 
 def load_tokenizer_and_model(model_args: ModelArguments, train_texts):
@@ -191,6 +212,8 @@ def build_datasets(raw, tokenizer, data_args: DataArguments, training_args: Trai
                     training_args.world_size,
                     tokenizer.pad_token_id,
                     name=name,
+                    variable_bptt=data_args.variable_bptt,
+                    seed=training_args.seed,
                 )
             else:
                 splits[split] = eval_stream_segments(
@@ -212,8 +235,9 @@ def generate_samples(model, tokenizer, prompts: list[str], seed: int) -> list[st
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args = parse_arguments(argv)
+    model_args, data_args, training_args, run_args = parse_arguments(argv)
     started = time.time()
+    apply_run_arguments(run_args, training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
     for library in (datasets.utils.logging, transformers.utils.logging):
@@ -252,7 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"{model.config.cell_type.upper()} LM, {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
 
-    callbacks = [CSVLogCallback(Path(training_args.output_dir) / "training_log.csv")]
+    callbacks = [
+        GradientHealthCallback(run_args.on_nonfinite),  # first: its count reaches the CSV log
+        CSVLogCallback(Path(training_args.output_dir) / "training_log.csv"),
+    ]
     if data_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
     if data_args.max_train_minutes is not None:
@@ -303,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             training_args.output_dir,
             task="causal-lm",
             command=command_line(argv),
-            arguments=public_arguments(model_args, data_args, training_args),
+            arguments=public_arguments(model_args, data_args, training_args, run_args),
             metrics=metrics,
             dataset=DEMO_DATASET if is_demo else data_args.dataset_name or data_args.train_file,
             evaluation_protocol=protocol,
@@ -311,7 +338,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         finish_run(training_args.output_dir, training_args, push_to_hub)
         ppl = {key: round(value, 2) for key, value in metrics.items() if key.endswith("perplexity")}
-        print(f"[result] perplexity {ppl} (vocabulary {len(tokenizer)}); model saved to {training_args.output_dir}")
+        agreement = (
+            f", subject-verb agreement accuracy {metrics['agreement_accuracy']:.3f}"
+            if "agreement_accuracy" in metrics
+            else ""
+        )
+        print(
+            f"[result] perplexity {ppl}{agreement} (vocabulary {len(tokenizer)}); model saved to "
+            f"{training_args.output_dir}"
+        )
     return metrics
 
 
