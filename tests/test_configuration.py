@@ -2,9 +2,11 @@ import json
 import logging
 
 import pytest
+import torch
+from torch import nn
 from transformers import AutoConfig
 
-from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
+from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForTokenClassification
 from rnn_lm_hf.configuration_rnn_lm import CELL_TYPES
 
 
@@ -102,6 +104,33 @@ def test_bidirectional_causal_lm_is_rejected():
         RNNLMForCausalLM(config)
 
 
-@pytest.mark.parametrize("cell_type", CELL_TYPES)
-def test_every_cell_type_is_accepted(cell_type):
-    assert RNNLMConfig(cell_type=cell_type).cell_type == cell_type
+RNN_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def build_seeded(config: RNNLMConfig) -> RNNLMForTokenClassification:
+    torch.manual_seed(0)
+    return RNNLMForTokenClassification(config).eval()
+
+
+@pytest.mark.parametrize(
+    ("cell_type", "nonlinearity", "bidirectional"),
+    [*((cell_type, "tanh", False) for cell_type in CELL_TYPES), ("rnn", "relu", False), ("gru", "tanh", True)],
+)
+def test_cell_type_round_trip_builds_the_same_architecture(tmp_path, cell_type, nonlinearity, bidirectional):
+    """A saved and reloaded config builds the same network: module types, parameter names and shapes, outputs."""
+    kwargs = {"cell_type": cell_type, "rnn_nonlinearity": nonlinearity, "bidirectional": bidirectional}
+    config = RNNLMConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2, **kwargs)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert {key: getattr(loaded, key) for key in kwargs} == kwargs
+
+    model, again = build_seeded(config), build_seeded(loaded)
+    assert [type(module) for module in again.modules()] == [type(module) for module in model.modules()]
+    for layer in again.model.layers:
+        assert type(layer.rnn) is RNN_MODULES[cell_type] and layer.rnn.bidirectional == bidirectional
+        assert cell_type != "rnn" or layer.rnn.nonlinearity == nonlinearity
+    shapes = {name: param.shape for name, param in model.named_parameters()}
+    assert {name: param.shape for name, param in again.named_parameters()} == shapes
+    # Same seed, same architecture and initialisation: the same weights, so the same outputs.
+    input_ids = torch.randint(0, 20, (2, 5))
+    torch.testing.assert_close(again(input_ids).logits, model(input_ids).logits, atol=0, rtol=0)

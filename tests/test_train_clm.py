@@ -319,12 +319,20 @@ def test_time_budget_stops_with_checkpoint_and_evaluation(tmp_path, corpus):
     start = time.monotonic()
     metrics = train_clm.main(
         tiny_run_args(corpus, tmp_path, "--num_train_epochs", "1000", "--max_train_minutes", str(budget_s / 60),
-                      "--eval_strategy", "epoch", "--save_strategy", "epoch", "--num_samples", "0")
+                      "--eval_strategy", "steps", "--eval_steps", "1000000", "--save_strategy", "steps",
+                      "--save_steps", "1000000", "--num_samples", "0")
     )  # fmt: skip
+    # Step intervals far beyond the run: only the budget's stop can save or evaluate (epoch strategies would save
+    # and evaluate at the cut-short epoch's end by themselves).
     assert time.monotonic() - start < 120  # 1000 epochs would take far longer
-    checkpoint = Path(last_complete_checkpoint(tmp_path))  # saved at the stop, not only at an epoch end
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    assert 0 < state["epoch"] < 1000 and checkpoint.name == f"checkpoint-{state['global_step']}"
-    assert state["global_step"] % state["max_steps"] != 0 or state["epoch"] % 1 != 0
+    checkpoint = last_complete_checkpoint(tmp_path)
+    assert checkpoint is not None, "the budget's stop wrote no checkpoint"
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    assert 0 < state["epoch"] < 1000 and 0 < state["global_step"] < state["max_steps"]  # stopped by the budget
+    # The checkpoint holds the step training ended on: the step of the run's last log rows (train summary, final
+    # evaluations).
+    with (tmp_path / "training_log.csv").open() as handle:
+        last_step = max(int(row["step"]) for row in csv.DictReader(handle))
+    assert state["global_step"] == last_step and Path(checkpoint).name == f"checkpoint-{last_step}"
     assert any("eval_loss" in entry and entry["step"] == state["global_step"] for entry in state["log_history"])
     assert metrics["eval_perplexity"] > 1
