@@ -12,7 +12,9 @@ From a causal-LM checkpoint (ULMFiT-style transfer: its embeddings and recurrent
 
 Tags come from the train split and are stored in the config (`id2label`/`label2id`). Entity tags (`B-PER`, IOB1,
 IOB2 or BIOES) are scored with entity-level F1 (seqeval semantics) plus token accuracy; other tags (UPOS, XPOS) with
-token accuracy. Data errors exit with status 2 and one line naming the file and line.
+token accuracy. Data errors exit with status 2 and one line naming the file and line. Unless given, the learning
+rate is 5e-3 and a loss is logged every 10 steps (Trainer's 5e-5 and 500 are for fine-tuning pretrained
+transformers: on the tiny NER fixture 40 steps reach entity F1 0.36 at 5e-5, 1.0 at 5e-3).
 """
 
 import logging
@@ -38,6 +40,7 @@ from rnn_lm_hf.tagging_data import (
     strip_ignored,
     tokenize_and_align_labels,
 )
+from rnn_lm_hf.trainer import GradientHealthCallback
 from rnn_lm_hf.training.transfer import (
     SplitArguments,
     TransferTrainer,
@@ -206,7 +209,7 @@ def write_predictions(path: Path, sentences: list[list[str]], gold: list[list[st
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
-    model_args, data_args, transfer_args, training_args, push_to_hub = start_run(DataArguments, argv)
+    model_args, data_args, transfer_args, training_args, run_args, push_to_hub = start_run(DataArguments, argv)
     set_seed(training_args.seed)
     for flag, option in (("do_train", "train_file"), ("do_eval", "validation_file"), ("do_predict", "test_file")):
         if getattr(training_args, flag) and getattr(data_args, option) is None:
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # Keep argmax ids, not (batch, seq_len, num_labels) logits, across the eval loop.
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
         transfer_args=transfer_args,
+        callbacks=[GradientHealthCallback(run_args.on_nonfinite)],
     )
 
     metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))
@@ -275,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             training_args.output_dir,
             task="token-classification",
             command=command_line(argv),
-            arguments=public_arguments(model_args, data_args, transfer_args, training_args),
+            arguments=public_arguments(model_args, data_args, transfer_args, training_args, run_args),
             metrics=metrics,
             dataset=data_args.dataset_name or str(data_args.train_file or data_args.test_file),
             evaluation_protocol=f"{metric_name} on the {data_args.label_sub_token} sub-token of every word; "

@@ -21,7 +21,9 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainerCallback, TrainingArguments
 
 from rnn_lm_hf import RNNLMConfig
+from rnn_lm_hf.cli import FINETUNE_DEFAULTS, RunArguments, apply_run_arguments
 from rnn_lm_hf.cli import parse_script_args as parse_args  # noqa: F401 (the scripts' shared parser)
+from rnn_lm_hf.hub import check_model_source
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, load_tokenizer, train_tokenizer
 
 
@@ -97,6 +99,9 @@ class ModelArguments:
             )
         if self.config_name and self.model_name_or_path:
             raise ValueError("--config_name builds a new model: leave it out with --model_name_or_path")
+        for option in ("model_name_or_path", "config_name", "tokenizer_name"):
+            if getattr(self, option) is not None:
+                check_model_source(getattr(self, option), option)
 
 
 @dataclass
@@ -164,15 +169,17 @@ class TransferArguments:
 
 
 def start_run(data_arguments: type, argv: list[str] | None) -> tuple:
-    """Both scripts' start: (model, data, transfer, training) arguments, logging, and whether to push to the Hub.
-    Trainer's own push is turned off (it would push every checkpoint): `hub.finish_run` publishes once, with the card."""
-    model_args, data_args, transfer_args, training_args = parse_args(
-        (ModelArguments, data_arguments, TransferArguments, TrainingArguments), argv
+    """Both scripts' start: (model, data, transfer, training, run) arguments with `FINETUNE_DEFAULTS`, threads,
+    logging, and whether to push to the Hub. Trainer's own push is turned off (it would push every checkpoint):
+    `hub.finish_run` publishes once, with the card."""
+    model_args, data_args, transfer_args, training_args, run_args = parse_args(
+        (ModelArguments, data_arguments, TransferArguments, TrainingArguments, RunArguments), argv, FINETUNE_DEFAULTS
     )
+    apply_run_arguments(run_args, training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
-    return model_args, data_args, transfer_args, training_args, push_to_hub
+    return model_args, data_args, transfer_args, training_args, run_args, push_to_hub
 
 
 def checkpoint_labels(model_args: ModelArguments, head: str) -> list[str]:
@@ -236,6 +243,17 @@ def build_model(
             f"the tokenizer has {len(tokenizer)} tokens but {model_name_or_path} embeds {config.vocab_size}; use the "
             "tokenizer saved with the checkpoint (leave --tokenizer_name unset)"
         )
+    saved = [config.id2label[i] for i in sorted(config.id2label)]
+    if model_class.__name__ in (config.architectures or []) and not model_args.ignore_mismatched_sizes:
+        # A fine-tuned head of this kind: its label ids must mean the same (an LM folder's new head has none).
+        if len(saved) != len(id2label):
+            raise ValueError(
+                f"{model_name_or_path} has a head for {len(saved)} labels {saved}, but the data has {len(id2label)} "
+                f"{list(id2label.values())}: pass --ignore_mismatched_sizes to start a new head, or use data with "
+                "the checkpoint's labels"
+            )
+        if saved != list(id2label.values()):
+            logger.warning("Label names change from %s (checkpoint) to %s (data), id by id", saved, id2label)
     config.id2label, config.label2id = id2label, label2id
     model, info = model_class.from_pretrained(
         model_name_or_path,

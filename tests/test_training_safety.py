@@ -1,0 +1,229 @@
+"""Training loses nothing and starts sensibly: failed checkpoint writes, non-finite losses, defaults, threads."""
+
+import csv
+import errno
+import functools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainingArguments, default_data_collator
+
+from rnn_lm_hf import RNNLMForCausalLM, RNNLMForTokenClassification
+from rnn_lm_hf.cli import (
+    CLM_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    RunArguments,
+    apply_run_arguments,
+    default_threads,
+    parse_script_args,
+    set_threads,
+)
+from rnn_lm_hf.data import group_into_blocks
+from rnn_lm_hf.trainer import (
+    CheckpointWriteError,
+    CSVLogCallback,
+    GradientHealthCallback,
+    NonFiniteLossError,
+    RNNLMTrainer,
+    last_complete_checkpoint,
+)
+from rnn_lm_hf.training import train_token_classification
+from tests.conftest import make_config
+
+
+NER = Path(__file__).resolve().parent / "fixtures" / "ner"
+COMMON = ["--use_cpu", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--seed", "0"]
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def lm_trainer(output_dir: Path, callbacks=(), **overrides) -> RNNLMTrainer:
+    """A 16-unit LSTM LM on random blocks: 4 rows a step, a checkpoint every 2 steps, only the newest kept."""
+    torch.manual_seed(0)
+    model = RNNLMForCausalLM(make_config(hidden_size=16, num_hidden_layers=1))
+    blocks = group_into_blocks(torch.randint(3, 99, (400,)), block_size=10)
+    settings = {
+        "output_dir": str(output_dir),
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "save_total_limit": 1,
+        "logging_steps": 1,
+        "learning_rate": 1e-2,
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+    }
+    args = TrainingArguments(**{**settings, **overrides})
+    return RNNLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=blocks,
+        data_collator=default_data_collator,
+        callbacks=list(callbacks),
+    )
+
+
+def full_disk(target: str):
+    def fail(*args, **kwargs):
+        path = str(kwargs.get("save_directory") or kwargs.get("path") or args[-1])
+        if "checkpoint-4" in path:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return original[target](*args, **kwargs)
+
+    return fail
+
+
+original = {}
+
+
+@pytest.mark.parametrize("target", ["weights", "carried state"])
+def test_failed_checkpoint_write_is_one_clear_error_and_keeps_the_previous_one(tmp_path, monkeypatch, target):
+    if target == "weights":  # inside Trainer's own save, after which it used to rotate old checkpoints away
+        original[target] = RNNLMForCausalLM.save_pretrained
+        monkeypatch.setattr(RNNLMForCausalLM, "save_pretrained", full_disk(target))
+    else:  # after Trainer's save, before the completion marker
+        import rnn_lm_hf.trainer as trainer_module
+
+        original[target] = trainer_module.atomic_torch_save
+        monkeypatch.setattr(trainer_module, "atomic_torch_save", full_disk(target))
+    with pytest.raises(CheckpointWriteError) as error:
+        lm_trainer(tmp_path).train()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "could not write checkpoint" in message and "checkpoint-4" in message
+    assert "No space left on device" in message and "checkpoint-2 is complete" in message
+    # save_total_limit=1 must not have deleted the last complete checkpoint before the new one was complete.
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+    monkeypatch.undo()
+    resumed = lm_trainer(tmp_path)
+    result = resumed.train(resume_from_checkpoint=last_complete_checkpoint(tmp_path))
+    assert result.global_step == 4 and last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert not (tmp_path / "checkpoint-2").exists()  # rotated once checkpoint-4 was complete
+
+
+def nan_on_call(model, call: int):
+    """Make the `call`-th forward pass produce NaN activations (so a NaN loss and NaN gradients)."""
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == call else output
+
+    return model.model.embeddings.register_forward_hook(hook)
+
+
+def test_nonfinite_loss_stops_before_the_update(tmp_path):
+    trainer = lm_trainer(tmp_path, [GradientHealthCallback("stop")], save_strategy="no")
+    nan_on_call(trainer.model, 3)
+    with pytest.raises(NonFiniteLossError, match="NaN/inf at step 3.*--on_nonfinite skip"):
+        trainer.train()
+    assert trainer.state.global_step == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_nonfinite_loss_skips_the_step_when_asked(tmp_path):
+    health = GradientHealthCallback("skip")
+    trainer = lm_trainer(tmp_path, [health, CSVLogCallback(tmp_path / "log.csv")], save_strategy="no", max_steps=5)
+    nan_on_call(trainer.model, 3)
+    result = trainer.train()
+    assert result.global_step == 5 and health.nonfinite_steps == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    with (tmp_path / "log.csv").open() as handle:
+        counts = [float(row["value"]) for row in csv.DictReader(handle) if row["name"] == "nonfinite_steps"]
+    assert counts == [0, 0, 1, 1, 1]
+
+
+def test_scripts_stop_on_a_nonfinite_loss_with_one_line(tmp_path, monkeypatch, capsys):
+    forward = RNNLMForTokenClassification.forward
+
+    @functools.wraps(forward)  # Trainer keeps the dataset columns the signature names
+    def nan_forward(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        if output.loss is not None:
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(RNNLMForTokenClassification, "forward", nan_forward)
+    argv = ["--train_file", str(NER / "train.conll"), "--output_dir", str(tmp_path), "--do_train", "--max_steps", "2"]
+    monkeypatch.setattr(sys, "argv", ["train_token_classification.py", *argv, *COMMON])
+    assert train_token_classification.cli() == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1].startswith("error: the training loss or its gradients became NaN/inf at step 1")
+    )
+    with pytest.raises(ValueError, match="--on_nonfinite must be one of stop, skip, got 'ignore'"):
+        RunArguments(on_nonfinite="ignore")
+
+
+# ----- defaults for training from scratch -----
+
+
+def parse(argv, defaults=FINETUNE_DEFAULTS) -> TrainingArguments:
+    _, training_args = parse_script_args((RunArguments, TrainingArguments), argv, defaults)
+    return training_args
+
+
+def test_script_defaults_apply_only_to_options_not_given(tmp_path):
+    assert (parse(["--output_dir", "x"]).learning_rate, parse(["--output_dir", "x"]).logging_steps) == (5e-3, 10)
+    assert parse(["--output_dir", "x"], CLM_DEFAULTS).learning_rate == 2e-3
+    assert parse(["--output_dir", "x", "--learning_rate", "5e-5"]).learning_rate == 5e-5
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"output_dir": "x", "learning_rate": 5e-5}))
+    assert parse([str(config)]).learning_rate == 5e-5  # a config-file key is given too
+    assert parse([str(config), "--logging_steps", "3"]).learning_rate == 5e-5
+    config.write_text(json.dumps({"output_dir": "x"}))
+    assert parse([str(config)]).learning_rate == 5e-3 and parse([str(config), "--seed", "1"]).learning_rate == 5e-3
+
+
+def test_help_states_the_script_defaults(capsys):
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.005)" in text and "--threads" in text and "--on_nonfinite" in text
+
+
+def test_a_tagger_learns_without_a_learning_rate(tmp_path):
+    """The issue's case: 40 steps on the easy NER fixture, no --learning_rate (Trainer's 5e-5 reached F1 0.0-0.36)."""
+    files = ["--train_file", NER / "train.conll", "--validation_file", NER / "dev.conll"]
+    argv = [*files, "--output_dir", tmp_path, "--do_train", "--do_eval", "--max_steps", "40", *COMMON]
+    metrics = train_token_classification.main([str(a) for a in argv])
+    assert metrics["eval_f1"] >= 0.8
+    arguments = json.loads((tmp_path / "run_info.json").read_text())["arguments"]
+    assert (arguments["learning_rate"], arguments["logging_steps"]) == (5e-3, 10)
+
+
+# ----- threads and pinned memory -----
+
+
+def test_default_threads_honour_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert default_threads() == 1  # a busy 2-core machine: one thread, not two fighting over both cores
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert default_threads() == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only machine without --use_cpu is the case")
+def test_threads_option_and_cpu_runs_without_pinned_memory(tmp_path):
+    assert set_threads(2) == 2 and torch.get_num_threads() == 2
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")  # no --use_cpu: the device decides
+    assert args.dataloader_pin_memory and args.device.type == "cpu"
+    apply_run_arguments(RunArguments(threads=1), args)
+    assert torch.get_num_threads() == 1 and not args.dataloader_pin_memory
+    with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
+        RunArguments(threads=0)
