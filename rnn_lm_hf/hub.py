@@ -874,7 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "check":
             print("\n".join(validate_folder(args.model_dir)))
         else:
-            if not (Path(args.model_dir) / CARD_FILE).is_file():  # e.g. a folder saved by plain Trainer
+            folder = Path(args.model_dir)
+            if folder.is_dir() and not (folder / CARD_FILE).is_file():  # e.g. a folder saved by plain Trainer
                 print(f"Wrote {write_model_card(args.model_dir, repo_id=args.repo_id)}")
             url = publish(
                 args.model_dir,
