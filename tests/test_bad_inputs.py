@@ -129,6 +129,7 @@ COMMAND_ROWS = {
     "script-no-arguments": (lambda tmp, clf: train_clm.cli([]), ["nothing to train on", "--train_file", "rnn-lm demo"]),
     "script-missing-train-file": (lambda tmp, clf: train_token_classification.cli(["--train_file", str(tmp / "train.conll"), "--output_dir", str(tmp)]), ["--train_file", "train.conll", "no such file"]),
     "script-missing-model-folder": (lambda tmp, clf: train_token_classification.cli(ner("--model_name_or_path", "runs/lm_wikitxt2", output_dir=tmp)), ["--model_name_or_path runs/lm_wikitxt2", "no such model folder", "org/name"]),
+    "script-lm-missing-model-folder": (lambda tmp, clf: train_clm.cli(["--model_name_or_path", "runs/lm", "--train_file", "x.txt", "--output_dir", str(tmp)]), ["--model_name_or_path runs/lm", "no such model folder"]),
     "script-config-override": (lambda tmp, clf: train_token_classification.cli(ner("--config_overrides", "hidden_size=big", output_dir=tmp)), ["hidden_size", "big"]),
     "script-label-sub-token": (lambda tmp, clf: train_token_classification.cli(ner("--label_sub_token", "middle", output_dir=tmp)), ["--label_sub_token", "first, last", "'middle'"]),
     "script-threads": (lambda tmp, clf: train_sequence_classification.cli(sentiment("--threads", "0", output_dir=tmp)), ["--threads", ">= 1", "0"]),

@@ -130,3 +130,16 @@ def test_agreement_accuracy_sums_multi_token_verbs():
     assert agreement_accuracy(_UniformLM(len(tokenizer)), tokenizer, pairs) == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
         agreement_accuracy(_UniformLM(len(tokenizer)), tokenizer, [])
+
+
+def test_demo_prints_its_agreement_accuracy(tmp_path, capsys):
+    """The README says the demo reports the agreement accuracy: it is in the `[result]` line, as in all_results."""
+    import json
+
+    from rnn_lm_hf.cli import main
+
+    argv = ["--output_dir", str(tmp_path), "--demo_sentences", "300", "--max_steps", "2", "--num_samples", "0"]
+    assert main(["demo", *argv, "--disable_tqdm", "True", "--save_strategy", "no"]) == 0
+    result = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[result] "))
+    accuracy = json.loads((tmp_path / "all_results.json").read_text())["agreement_accuracy"]
+    assert f"subject-verb agreement accuracy {accuracy:.3f}" in result

@@ -43,7 +43,7 @@ from rnn_lm_hf.data import (
     tokenize_to_stream,
 )
 from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_demo_corpus
-from rnn_lm_hf.hub import finish_run
+from rnn_lm_hf.hub import check_model_source, finish_run
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
 from rnn_lm_hf.trainer import (
@@ -91,6 +91,9 @@ class ModelArguments:
             raise ValueError(f"--tokenizer_kind must be one of {TOKENIZER_KINDS}, got {self.tokenizer_kind!r}.")
         if self.config_overrides is not None and self.model_name_or_path is not None:
             raise ValueError("--config_overrides only applies to a new model: drop it or --model_name_or_path.")
+        for option in ("model_name_or_path", "config_name", "tokenizer_name"):
+            if getattr(self, option) is not None:  # a missing local folder fails now, not after Hub retries
+                check_model_source(getattr(self, option), option)
 
 
 @dataclass
