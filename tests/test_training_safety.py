@@ -4,6 +4,7 @@ import csv
 import errno
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -227,3 +228,22 @@ def test_threads_option_and_cpu_runs_without_pinned_memory(tmp_path):
     assert torch.get_num_threads() == 1 and not args.dataloader_pin_memory
     with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
         RunArguments(threads=0)
+
+
+def test_resuming_a_tied_lm_reports_no_missing_head(tmp_path):
+    """The tied `lm_head.weight` is saved once, as the embeddings: resuming re-ties it instead of warning that the
+    checkpoint lacks it. Needs RNNLMTrainer._issue_warnings_after_load to skip tied keys (see the hardening report)."""
+    lm_trainer(tmp_path, max_steps=2).train()
+    records = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = records.append
+    transformers_logger = logging.getLogger("transformers")  # it does not propagate to the root logger
+    transformers_logger.addHandler(handler)
+    try:
+        trainer = lm_trainer(tmp_path)
+        trainer.train(resume_from_checkpoint=last_complete_checkpoint(tmp_path))
+    finally:
+        transformers_logger.removeHandler(handler)
+    assert not [record.getMessage() for record in records if "missing keys" in record.getMessage()]
+    model = trainer.model
+    assert model.lm_head.weight.data_ptr() == model.model.embeddings.weight.data_ptr()
