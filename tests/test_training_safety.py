@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import TrainingArguments, default_data_collator
 
 from rnn_lm_hf import RNNLMForCausalLM, RNNLMForTokenClassification
@@ -239,11 +240,14 @@ def test_resuming_a_tied_lm_reports_no_missing_head(tmp_path):
     handler.emit = records.append
     transformers_logger = logging.getLogger("transformers")  # it does not propagate to the root logger
     transformers_logger.addHandler(handler)
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_warning()  # other tests' scripts may have raised it
     try:
         trainer = lm_trainer(tmp_path)
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(tmp_path))
     finally:
         transformers_logger.removeHandler(handler)
+        transformers.utils.logging.set_verbosity(verbosity)
     assert not [record.getMessage() for record in records if "missing keys" in record.getMessage()]
     model = trainer.model
     assert model.lm_head.weight.data_ptr() == model.model.embeddings.weight.data_ptr()
