@@ -174,7 +174,7 @@ def evaluate_command(argv: list[str]) -> int:
         help="Grid-search the dynamic-evaluation and cache settings on this (validation) file first, then use the "
         "best on --file; the trials are reported.",
     )
-    parser.add_argument("--tune_tokens", type=int, default=20000, help="Tokens of --tune_file used by the search.")
+    parser.add_argument("--tune_tokens", type=int, default=10000, help="Tokens of --tune_file used by the search.")
     parser.add_argument(
         "--stats_file", help="Training text for dynamic evaluation's RMS gradients (default: the run's train_file)."
     )
@@ -282,11 +282,16 @@ def evaluate_perplexity(
 ) -> dict[str, float]:
     """Token-weighted perplexity through the same evaluation loop training uses; the text is prepared with
     `options` (`evaluation.TextOptions`), by default as the run recorded in `run_info.json`."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from rnn_lm_hf.data import eval_stream_segments, group_into_blocks
     from rnn_lm_hf.evaluation import TextOptions, load_stream
+    from rnn_lm_hf.hub import check_model_source
     from rnn_lm_hf.trainer import RNNLMTrainer
+
+    check_model_source(model_path, None)
 
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
@@ -297,9 +302,15 @@ def evaluate_perplexity(
         dataset = group_into_blocks(stream, bptt, tokenizer.pad_token_id, name=file)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
-            output_dir=scratch, per_device_eval_batch_size=batch_size, report_to="none", remove_unused_columns=False
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = RNNLMTrainer(model=model, args=args, processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)  # stdout carries the JSON result only
         return trainer.evaluate(dataset, metric_key_prefix="eval")
 
 

@@ -63,6 +63,11 @@ class RNNLMConfig(PretrainedConfig):
         init_recurrent_uniform (`bool`, *optional*, defaults to `False`):
             Draw the recurrent weights from the same uniform as well (the Zaremba recipe) instead of
             xavier-uniform input weights and orthogonal recurrent weights.
+        start_after_eos (`bool`, *optional*, defaults to `False`):
+            A fresh state (no cache) first reads an `eos_token_id`, the separator every line of a PTB-style stream
+            follows in training: a prompt then starts where training saw texts start, instead of from a zero state
+            the model rarely saw (a learned initial state, as GPT-2 starts unconditional text after its
+            `<|endoftext|>`). Outputs keep the caller's positions.
         classifier_dropout (`float`, *optional*):
             Dropout before the tagging/classification layer. `None` means `dropout`.
         classifier_pooling (`str`, *optional*, defaults to `"last"`):
@@ -114,6 +119,7 @@ class RNNLMConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         initializer_range: float = 0.1,
         init_recurrent_uniform: bool = False,
+        start_after_eos: bool = False,
         classifier_dropout: float | None = None,
         classifier_pooling: str = "last",
         use_cache: bool = True,
@@ -140,6 +146,7 @@ class RNNLMConfig(PretrainedConfig):
         self.tie_word_embeddings = tie_word_embeddings
         self.initializer_range = initializer_range
         self.init_recurrent_uniform = init_recurrent_uniform
+        self.start_after_eos = start_after_eos
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
         self.use_cache = use_cache
@@ -179,6 +186,8 @@ class RNNLMConfig(PretrainedConfig):
                 f"embedding has {self.input_size}. Allowed: embedding_size == hidden_size, or output_projection=True, "
                 "or tie_word_embeddings=False."
             )
+        if self.start_after_eos and self.eos_token_id is None:
+            raise ValueError("`start_after_eos=True` needs an `eos_token_id`; set one, or start_after_eos=False.")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             token_id = getattr(self, name)
             if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < self.vocab_size):
@@ -218,9 +227,11 @@ class RNNLMConfig(PretrainedConfig):
             try:
                 super().update_from_string(f"{key}={value}")
             except ValueError:
-                kind = type(current).__name__
+                kind = {"int": "an int", "float": "a float", "bool": "true or false"}.get(
+                    type(current).__name__, "a str"
+                )
                 raise ValueError(
-                    f"config override {item!r}: `{key}` takes a {kind} (now {current!r}), got {value!r}."
+                    f"config override {item!r}: `{key}` takes {kind} (now {current!r}), got {value!r}."
                 ) from None
         self.check_architecture()
 

@@ -151,23 +151,64 @@ def dynamic_eval_nll(
     params = [p for p in model.parameters() if p.requires_grad]
     trained = [p.detach().clone() for p in params]
     mean_rms = sum(float(r.mean()) for r in rms) / len(rms)
-    # Per-weight decay rates, clipped so a decay step never overshoots the trained weight.
-    rates = [(r / mean_rms).clamp(max=1 / decay) if decay > 0 else torch.zeros_like(r) for r in rms]
+    # Per-weight coefficients, computed once: decay * rate (the rate clipped so a decay step never overshoots the
+    # trained weight) and lr / (rms + epsilon).
+    pull = [decay * (r / mean_rms).clamp(max=1 / decay) if decay > 0 else torch.zeros_like(r) for r in rms]
+    step = [lr / (r + epsilon) for r in rms]
     total, cache = 0.0, None
     for inputs, targets in segments(tokens, bptt, model.device):
-        model.zero_grad()
+        model.zero_grad(set_to_none=False)
         out = model(inputs, cache=cache, use_cache=True)
         cache = getattr(out, CACHE_FIELD)
         loss = torch.nn.functional.cross_entropy(out.logits[0], targets[0])  # scored before the update
         total += float(loss.detach()) * targets.shape[1]
         loss.backward()
         with torch.no_grad():
-            for param, start, rate, r in zip(params, trained, rates, rms):
-                param.add_(decay * rate * (start - param) - lr * param.grad / (r + epsilon))
+            for param, start, c, s in zip(params, trained, pull, step):
+                # param += c * (start - param) - s * grad, in place (a step per few tokens: memory traffic is the cost)
+                pull_back = start.sub(param).mul_(c)
+                param.add_(pull_back).sub_(param.grad.mul_(s))
     return total
 
 
-DYNAMIC_GRID = {"lr": (5e-4, 1e-3, 2e-3, 4e-3), "decay": (0.002, 0.02, 0.075)}
+@torch.no_grad()
+def fresh_start_perplexities(
+    model, tokens: np.ndarray, eos_token_id: int, first: int = 5, max_documents: int = 2000, batch_size: int = 128
+) -> dict[str, float]:
+    """How well the model starts a text from a fresh (zero) state, as generation from a prompt does.
+
+    Documents are the stretches between `<eos>` tokens. For each, the predictions of its tokens 2..first+1 are scored
+    twice: from a zero state that has read only the document's own first tokens (`fresh_start_perplexity`), and in
+    the stream, with the whole preceding text as context (`carried_start_perplexity`).
+    """
+    model.eval()
+    log_probs, _, _ = score_stream(model, tokens)  # log_probs[i] scores tokens[i + 1]
+    starts = [0] + [i + 1 for i in np.flatnonzero(tokens[:-1] == eos_token_id)]
+    starts = [s for s in starts if s + 1 < len(tokens)][:max_documents]
+    carried, fresh, count = 0.0, 0.0, 0
+    for batch_start in range(0, len(starts), batch_size):
+        rows = [tokens[s : s + first + 1] for s in starts[batch_start : batch_start + batch_size]]
+        rows = [row[: np.argmax(row == eos_token_id) + 1] if (row == eos_token_id).any() else row for row in rows]
+        width = max(len(row) for row in rows)
+        input_ids = torch.zeros(len(rows), width, dtype=torch.long, device=model.device)
+        mask = torch.zeros_like(input_ids)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)], mask[i, : len(row)] = torch.as_tensor(row), 1
+        logits = model(input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        fresh += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum"))
+        for i, row in enumerate(rows):
+            start = starts[batch_start + i]
+            carried -= float(log_probs[start : start + len(row) - 1].sum())
+            count += len(row) - 1
+    return {
+        "fresh_start_perplexity": math.exp(fresh / max(count, 1)),
+        "carried_start_perplexity": math.exp(carried / max(count, 1)),
+        "start_tokens": count,
+    }
+
+
+DYNAMIC_GRID = {"lr": (5e-4, 1e-3, 2e-3, 4e-3), "decay": (0.002, 0.02)}
 CACHE_GRID = {"theta": (0.3, 0.6, 1.0), "lambdah": (0.05, 0.1, 0.15, 0.2)}
 
 

@@ -331,7 +331,7 @@ class RNNLMModel(RNNLMPreTrainedModel):
         # The built-in layer only marks a previous state from `update_conv_state`; a pure RNN has no conv state.
         layer.has_previous_state[0] = True
 
-    def prepare_cache(self, cache: Cache | None, use_cache: bool) -> Cache | None:
+    def prepare_cache(self, cache: Cache | None, use_cache: bool, batch_size: int) -> Cache | None:
         if self.config.bidirectional:
             if cache is not None:
                 raise ValueError("A bidirectional RNN-LM has no recurrent cache: pass cache=None, use_cache=False.")
@@ -343,6 +343,12 @@ class RNNLMModel(RNNLMPreTrainedModel):
                 f"The cache must hold {self.config.num_hidden_layers} recurrent layers: build it with "
                 "RNNLMCache(model.config) or DynamicCache(config=model.config), or pass the `cache` returned by a "
                 "previous call."
+            )
+        state = self.read_state(cache, 0)
+        if state is not None and state.shape[0] != batch_size:
+            raise ValueError(
+                f"The cache holds the state of {state.shape[0]} rows but the inputs have {batch_size}: continue a cache "
+                "with the batch it was built for, or start a new one (cache=None)."
             )
         return cache
 
@@ -382,19 +388,28 @@ class RNNLMModel(RNNLMPreTrainedModel):
         if inputs_embeds is None:
             self.check_token_ids(input_ids)
             inputs_embeds = self.embed(input_ids)  # (batch, seq_len, input_size)
-        cache = self.prepare_cache(cache, bool(use_cache) or cache is not None)
+        cache = self.prepare_cache(cache, bool(use_cache) or cache is not None, inputs_embeds.shape[0])
 
-        packer, packing = None, None
+        num_new = inputs_embeds.shape[1]
         if attention_mask is not None:
-            if attention_mask.dim() != 2 or attention_mask.shape[1] < inputs_embeds.shape[1]:
+            if attention_mask.dim() != 2 or attention_mask.shape[1] < num_new:
                 raise ValueError(
                     f"`attention_mask` has shape {tuple(attention_mask.shape)} but the inputs are "
                     f"{tuple(inputs_embeds.shape[:2])}: pass one 0/1 mask entry per input position, (batch, seq_len)."
                 )
             # generate() passes the full running mask with only the new tokens: keep the part of this call.
-            attention_mask = attention_mask[:, -inputs_embeds.shape[1] :]
-            if not bool(attention_mask.all()):
-                packer = PaddingPacker(attention_mask)
+            attention_mask = attention_mask[:, -num_new:]
+        # A fresh state first reads an <eos>: stream training saw every line start after one (`start_after_eos`).
+        start = int(self.config.start_after_eos and (cache is None or not cache.layers[0].has_previous_state[0]))
+        if start:
+            batch = inputs_embeds.shape[0]
+            eos = torch.full((batch, 1), self.config.eos_token_id, device=inputs_embeds.device)
+            inputs_embeds = torch.cat([self.embed(eos), inputs_embeds], 1)  # (batch, 1 + seq_len, input_size)
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask.new_ones(batch, 1), attention_mask], 1)
+        packer, packing = None, None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            packer = PaddingPacker(attention_mask)
 
         hidden_states = self.dropout(inputs_embeds)
         hidden_states = locked_dropout(hidden_states, self.config.dropout_input, self.training)
@@ -417,8 +432,11 @@ class RNNLMModel(RNNLMPreTrainedModel):
             hidden_states = locked_dropout(hidden_states, locked, self.training, packing)
         if packer is not None:
             hidden_states = packer.unpack(hidden_states, packing)  # (batch, seq_len, output_size)
+        if start:  # outputs only for the caller's positions
+            hidden_states = hidden_states[:, start:]
+            all_hidden_states = tuple(h[:, start:] for h in all_hidden_states) if output_hidden_states else None
         if isinstance(cache, RNNLMCache):
-            cache.seen_tokens += inputs_embeds.shape[1]
+            cache.seen_tokens += num_new
 
         output = RNNLMModelOutput(
             last_hidden_state=hidden_states,
@@ -466,6 +484,19 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
                 "attention states). Use greedy search, sampling (do_sample=True, temperature/top_k/top_p) or beam "
                 "search (num_beams>1)."
             )
+        prompt = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
+        mask = kwargs.get("attention_mask")
+        if isinstance(prompt, torch.Tensor) and prompt.dim() == 2:
+            if prompt.shape[1] == 0:
+                raise ValueError(
+                    "generate() got an empty prompt: an RNN-LM needs at least one token to start from; pass "
+                    "[[bos_token_id]] to sample from the start of a text."
+                )
+            if mask is not None and tuple(mask.shape) != tuple(prompt.shape):
+                raise ValueError(
+                    f"`attention_mask` has shape {tuple(mask.shape)} but the prompt is {tuple(prompt.shape)}: pass the "
+                    "mask the tokenizer returned with the prompt, one entry per token."
+                )
         return super().generate(*args, **kwargs)
 
     @accepts_legacy_cache_names

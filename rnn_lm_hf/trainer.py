@@ -53,6 +53,13 @@ class RNNLMTrainingArguments(TrainingArguments):
         default=0.0,
         metadata={"help": "TAR: beta * mean((h_t - h_{t-1})^2) of the last layer's raw output (AWD: 1)."},
     )
+    state_reset_probability: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stateful training: reset each row's carried state to zero with this probability per batch, so the "
+            "model also learns to start from a fresh state, as generation from a short prompt does."
+        },
+    )
     nt_asgd: bool = field(
         default=False,
         metadata={"help": "NT-ASGD: average the weights once validation stalls for nt_asgd_nonmono checks."},
@@ -68,6 +75,8 @@ class RNNLMTrainingArguments(TrainingArguments):
         for name in ("activation_regularization", "temporal_activation_regularization"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0 <= self.state_reset_probability <= 1:
+            raise ValueError(f"--state_reset_probability must be in [0, 1], got {self.state_reset_probability}.")
         if (self.nt_asgd or self.nt_asgd_finetune) and self.eval_strategy == "no":
             raise ValueError("--nt_asgd/--nt_asgd_finetune watch the validation loss: set --eval_strategy epoch.")
 
@@ -115,10 +124,15 @@ class CarriedState:
 
 
 class CSVLogCallback(TrainerCallback):
-    """Every logged value as a row `step,epoch,name,value` (long format: the columns never change mid-run)."""
+    """Every logged value as a row `step,epoch,name,value` (long format: the columns never change mid-run), plus an
+    `elapsed_s` row per log: wall seconds since this process began training, for curves against time."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -129,7 +143,7 @@ class CSVLogCallback(TrainerCallback):
             writer = csv.writer(handle)
             if new_file:
                 writer.writerow(["step", "epoch", "name", "value"])
-            for name, value in logs.items():
+            for name, value in {**logs, "elapsed_s": round(time.monotonic() - self.start, 2)}.items():
                 if isinstance(value, (int, float)):
                     writer.writerow([state.global_step, state.epoch, name, value])
 
@@ -203,7 +217,10 @@ class RNNLMTrainer(Trainer):
         if stateful:
             stream_ids, segment_ids = (inputs.pop(key) for key in STREAM_KEYS)
             carried = self.carried["train" if model.training else "eval"]
-            inputs = {**inputs, "cache": carried.take(stream_ids, segment_ids), "use_cache": True}
+            cache = carried.take(stream_ids, segment_ids)
+            if model.training and cache is not None:
+                self.reset_some_states(cache, len(stream_ids))
+            inputs = {**inputs, "cache": cache, "use_cache": True}
         regularize = model.training and (self.ar_alpha > 0 or self.tar_beta > 0)
         if regularize:
             inputs = {**inputs, "output_hidden_states": True}
@@ -213,6 +230,16 @@ class RNNLMTrainer(Trainer):
         if regularize:
             loss = loss + self.activation_penalties(outputs, inputs.get("attention_mask"), loss.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def reset_some_states(self, cache: RNNLMCache, batch_size: int) -> None:
+        """Zero the carried state of random rows (`state_reset_probability`): fresh starts seen in training."""
+        p = getattr(self.args, "state_reset_probability", 0.0)
+        if p == 0:
+            return
+        reset = torch.rand(batch_size) < p  # (batch,) on the CPU: the draw is the same on every device
+        if reset.any():
+            for layer in cache.layers:
+                layer.recurrent_states[0][reset.to(layer.recurrent_states[0].device)] = 0.0
 
     def activation_penalties(self, outputs, attention_mask: torch.Tensor | None, ce: torch.Tensor) -> torch.Tensor:
         """AR + TAR (Merity et al. 2018, 4.6) over the real positions, per micro-batch, logged apart from the CE."""
@@ -330,6 +357,18 @@ class RNNLMTrainer(Trainer):
             rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint)
         elif self.args.should_save:
             self._rotate_checkpoints(use_mtime=False, output_dir=str(run_dir))
+
+    def _issue_warnings_after_load(self, load_result):
+        # A tied head is saved once, as the embeddings: re-tie it instead of reporting `lm_head.weight` missing.
+        tied = (
+            set(getattr(self.model, "_tied_weights_keys", None) or ())
+            if self.model.config.tie_word_embeddings
+            else set()
+        )
+        missing = [key for key in load_result.missing_keys if key not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -95,7 +95,7 @@ REMOTE_SCRIPT = textwrap.dedent(
         names[auto.__name__] = type(obj).__name__
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    expected = torch.load(sys.argv[2])
+    expected = torch.load(sys.argv[2], weights_only=True)
     got = model.generate(expected["prompt"], max_new_tokens=6, do_sample=False)
     assert torch.equal(got, expected["generated"]), (got, expected["generated"])
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)

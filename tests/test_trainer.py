@@ -133,19 +133,3 @@ def test_gradient_accumulation_regression_is_rescaled(tmp_path):
     assert ga_loss == pytest.approx(big_loss, rel=1e-4)
     for name in big_params:
         torch.testing.assert_close(ga_params[name], big_params[name], atol=1e-5, rtol=1e-4, msg=name)
-
-
-def test_activation_checkpointing_through_trainer(tmp_path):
-    model = RNNLMForCausalLM(make_config())
-    flag = (
-        "activation_checkpointing"
-        if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
-        else "gradient_checkpointing"
-    )
-    trainer = Trainer(
-        model=model,
-        args=args(tmp_path, max_steps=2, per_device_train_batch_size=4, **{flag: True}),
-        train_dataset=dataset_for(RNNLMForCausalLM, padded_rows()),
-    )
-    trainer.train()
-    assert all(layer.gradient_checkpointing for layer in model.model.layers)

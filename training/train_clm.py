@@ -43,6 +43,7 @@ from rnn_lm_hf.data import (
     tokenize_to_stream,
 )
 from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_demo_corpus
+from rnn_lm_hf.evaluation import fresh_start_perplexities
 from rnn_lm_hf.hub import check_model_source, finish_run
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
@@ -315,6 +316,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             metrics.update(
                 trainer.evaluate(splits[split], metric_key_prefix="eval" if split == "validation" else split)
             )
+    if "validation" in raw and data_args.add_eos:
+        # How well a fresh (zero) state starts each line, as generation from a prompt does, against the stream.
+        stream = tokenize_to_stream(raw["validation"], tokenizer, text_column=data_args.text_column)
+        starts = fresh_start_perplexities(model, stream, tokenizer.eos_token_id)
+        metrics.update({f"eval_{key}": value for key, value in starts.items()})
     if is_demo:
         metrics["agreement_accuracy"] = agreement_accuracy(model, tokenizer, agreement_pairs(500, seed=1))
     trainer.save_metrics("all", metrics)
