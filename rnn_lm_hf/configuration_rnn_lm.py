@@ -32,7 +32,8 @@ class RNNLMConfig(PretrainedConfig):
             `f` of the `rnn` cell, `"tanh"` or `"relu"`. Ignored by LSTM and GRU, whose gates fix their own.
         bidirectional (`bool`, *optional*, defaults to `False`):
             Read the sequence in both directions. Only for the encoder, tagging and classification heads: a causal
-            language model must not see the future, and a bidirectional model has no generation cache.
+            language model must not see the future, and a bidirectional model has no generation cache. The two
+            directions are concatenated: `last_hidden_state` is `output_size` = 2 x the last layer's size wide.
         hidden_sizes (`list[int]`, *optional*):
             One state size per layer, e.g. AWD-LSTM's `[1150, 1150, 400]`, so a narrow last layer feeds a tied
             softmax without a projection. `None` means `hidden_size` for every layer.

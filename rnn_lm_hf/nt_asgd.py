@@ -6,9 +6,11 @@ from then on it keeps a running average of the weights after every optimizer ste
 t0 = trigger step and no decay, which is what AWD-LSTM does by switching to `torch.optim.ASGD(t0=0, lambd=0)`).
 Evaluation and the saved model use the averaged weights; checkpoints keep the raw ones plus the average, so a killed
 run resumes with its average. AWD-LSTM's finetune stage is `average_from_start`: average from the first step and stop
-when the same non-monotone criterion fires.
+when the same non-monotone criterion fires. A run with a wall-time budget can also start averaging at the latest
+after `start_after_minutes` of training, so that it never ends before the validation loss has had time to stall.
 """
 
+import time
 from contextlib import contextmanager
 
 import torch
@@ -18,10 +20,12 @@ from transformers import TrainerCallback
 class NTASGDCallback(TrainerCallback):
     """Triggers weight averaging on stalled validation loss and maintains the average (see the module docstring)."""
 
-    def __init__(self, nonmono: int = 5, average_from_start: bool = False):
+    def __init__(self, nonmono: int = 5, average_from_start: bool = False, start_after_minutes: float | None = None):
         if nonmono < 1:
             raise ValueError(f"nt_asgd_nonmono must be a positive int (AWD-LSTM uses 5), got {nonmono}.")
         self.nonmono, self.average_from_start = nonmono, average_from_start
+        self.start_after_s = None if start_after_minutes is None else 60 * start_after_minutes
+        self.train_start = time.monotonic()
         self.history: list[float] = []  # validation loss at every check
         self.average: dict[str, torch.Tensor] | None = None  # name -> averaged parameter
         self.num_averaged = 0
@@ -42,6 +46,7 @@ class NTASGDCallback(TrainerCallback):
 
     # ----- Trainer events -----
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.train_start = time.monotonic()
         if self.average_from_start and not self.active:
             self.start(model, state.global_step)
 
@@ -50,6 +55,9 @@ class NTASGDCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if not self.active:
+            late = self.start_after_s is not None and time.monotonic() - self.train_start > self.start_after_s
+            if late:  # the time budget's latest trigger: the average starts with the weights after this step
+                self.start(model, state.global_step)
             return
         self.num_averaged += 1
         with torch.no_grad():

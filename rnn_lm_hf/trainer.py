@@ -65,6 +65,10 @@ class RNNLMTrainingArguments(TrainingArguments):
         metadata={"help": "NT-ASGD: average the weights once validation stalls for nt_asgd_nonmono checks."},
     )
     nt_asgd_nonmono: int = field(default=5, metadata={"help": "NT-ASGD's non-monotone interval n (AWD: 5)."})
+    nt_asgd_start_minutes: float | None = field(
+        default=None,
+        metadata={"help": "With --nt_asgd: start averaging after this many training minutes at the latest (budgets)."},
+    )
     nt_asgd_finetune: bool = field(
         default=False,
         metadata={"help": "AWD's finetune stage: average from the first step, stop when validation stalls."},
@@ -189,7 +193,11 @@ class RNNLMTrainer(Trainer):
         self.loss_parts: dict[str, float] = {}  # summed since the last log: the cross-entropy apart from AR/TAR
         self.nt_asgd = None
         if getattr(self.args, "nt_asgd", False) or getattr(self.args, "nt_asgd_finetune", False):
-            self.nt_asgd = NTASGDCallback(self.args.nt_asgd_nonmono, average_from_start=self.args.nt_asgd_finetune)
+            self.nt_asgd = NTASGDCallback(
+                self.args.nt_asgd_nonmono,
+                average_from_start=self.args.nt_asgd_finetune,
+                start_after_minutes=self.args.nt_asgd_start_minutes,
+            )
             self.add_callback(self.nt_asgd)
 
     # ----- data order -----

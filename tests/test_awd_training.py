@@ -197,3 +197,20 @@ def test_variable_bptt_scales_the_learning_rate_by_the_window_length(tmp_path):
         lengths += np.diff(trainer.train_dataset.bounds).tolist()
     assert len(seen) == 2 * steps_per_epoch
     np.testing.assert_allclose(seen, [1.0 * length / 10 for length in lengths])
+
+
+def test_nt_asgd_time_trigger_starts_averaging_in_a_budgeted_run(tmp_path):
+    """With a wall-time budget the average starts at the latest after `nt_asgd_start_minutes`, stalled or not."""
+    trainer = tiny_trainer(tmp_path, max_steps=4, nt_asgd=True, eval_strategy="steps", eval_steps=100)
+    trainer.nt_asgd.start_after_s = 0.0  # already late at the first step
+    snapshots = []
+
+    class Snapshot(NTASGDCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    assert trainer.nt_asgd.trigger_step == 1
+    for name, param in trainer.model.named_parameters():  # the mean of the weights after steps 1..4
+        torch.testing.assert_close(param, torch.stack([s[name] for s in snapshots]).mean(0), msg=name)

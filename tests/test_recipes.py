@@ -1,0 +1,51 @@
+"""Every language-model recipe in training/configs parses and builds its model (no training)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+LM_RECIPES = sorted(path.name for path in CONFIGS.glob("*.json") if "block_size" in json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("name", LM_RECIPES)
+def test_lm_recipe_parses_and_builds(name, tmp_path):
+    from rnn_lm_hf.training import train_clm
+
+    path = CONFIGS / name
+    recipe = json.loads(path.read_text())
+    # tf32 is a GPU option: TrainingArguments refuses it on a CPU-only machine.
+    extra = ["--tf32", "false"] if recipe.get("tf32") else []
+    if "model_name_or_path" in recipe:  # a finetune stage continues a trained model: stand one in
+        RNNLMForCausalLM(RNNLMConfig(vocab_size=100, hidden_size=8)).save_pretrained(tmp_path)
+        extra += ["--model_name_or_path", str(tmp_path)]
+    model_args, data_args, training_args, _ = train_clm.parse_arguments([str(path), *extra])
+    if model_args.config_overrides:
+        config = RNNLMConfig(vocab_size=100)
+        config.update_from_string(model_args.config_overrides)
+        model = RNNLMForCausalLM(config)
+        if config.hidden_sizes:  # the AWD shape: the narrow last layer feeds the tied softmax directly
+            assert model.config.tie_word_embeddings and model.projection is None
+    if training_args.nt_asgd or training_args.nt_asgd_finetune:
+        assert training_args.eval_strategy != "no"
+
+
+def test_awd_recipe_has_the_paper_settings():
+    """Merity et al. 2018, PTB: 3 layers 1150-1150-400, dropouts 0.4/0.25/0.4/0.1, weight drop 0.5, SGD lr 30,
+    clip 0.25, bptt 70, batch 20, AR 2, TAR 1, NT-ASGD n=5."""
+    recipe = json.loads((CONFIGS / "awd_lstm_ptb.json").read_text())
+    config = RNNLMConfig(vocab_size=10000)
+    config.update_from_string(recipe["config_overrides"])
+    assert config.layer_hidden_sizes == [1150, 1150, 400] and config.input_size == 400
+    assert (config.dropout_input, config.dropout_hidden, config.dropout_output, config.dropout_embedding) == (
+        0.4, 0.25, 0.4, 0.1,
+    )  # fmt: skip
+    assert config.weight_drop == 0.5
+    assert sum(p.numel() for p in RNNLMForCausalLM(config).parameters()) == pytest.approx(24e6, rel=0.03)
+    expected = {"learning_rate": 30.0, "max_grad_norm": 0.25, "block_size": 70, "per_device_train_batch_size": 20,
+                "activation_regularization": 2.0, "temporal_activation_regularization": 1.0, "nt_asgd_nonmono": 5}  # fmt: skip
+    assert {key: recipe[key] for key in expected} == expected
