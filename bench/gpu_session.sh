@@ -6,6 +6,8 @@
 #
 # In priority order, each stage given what is left of BUDGET_S (docs/gpu.md says why this order):
 #   0. tests/test_gpu.py (the model on CUDA: equal to CPU, padding-exact, cached generation, bf16, Trainer);
+#   A. PTB in 200 s of training with the AWD-style recipe (training/configs/ptb_awd_budget_gpu.json), then its test
+#      perplexity static, with the neural cache and with dynamic evaluation (tuned on validation);
 #   1. bench/speed.py --sizes full --bf16 on the otherwise idle GPU (ratios to bare PyTorch, interleaved repeats);
 #   2. the WikiText-2 transfer LM ($LM_CONFIG), packed into $OUT/lm.tar so the fine-tuning can go on elsewhere;
 #   3. the LM-based downstream rows (bench/downstream.py --init scratch-lm pretrained), $JOBS runs sharing the GPU;
@@ -25,7 +27,7 @@ left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 minutes_left_but() { awk -v s="$(($(left) - $1))" 'BEGIN { printf "%.2f", (s > 30 ? s : 30) / 60 }'; }
 seconds_left_but() { local s=$(($(left) - $1)); echo $((s > 30 ? s : 30)); }
 log() { echo "[$(date -u +%H:%M:%S) +$(($(date +%s) - START))s] $*" | tee -a "$OUT/session.log"; }
-rm -rf $LOGS runs/gpu_downstream $LM  # this script's own outputs: a rerun starts afresh
+rm -rf $LOGS runs/gpu_downstream $LM runs/gpu_ptb_awd  # this script's own outputs: a rerun starts afresh
 mkdir -p "$OUT" $LOGS
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -61,6 +63,26 @@ log "stage 0: CUDA tests"
 timeout 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > $LOGS/test_gpu.log 2>&1
 log "CUDA tests exit $? ($(tail -n 1 $LOGS/test_gpu.log))"
 
+log "stage A: PTB AWD-style recipe, 200 s of training ($(left) s left)"
+PTB=../shared/data/ptb
+if [ "$SMOKE" = 1 ]; then  # a few hundred lines and a tiny 3-layer model with every AWD option
+  mkdir -p runs/gpu_ptb_data
+  for split in train valid test; do head -n 300 $PTB/ptb.$split.txt > runs/gpu_ptb_data/ptb.$split.txt; done
+  PTB=runs/gpu_ptb_data
+  PTB_FLAGS=(--use_cpu true --tf32 false --max_train_minutes 0.1 --eval_steps 5 --save_steps 5
+             --config_overrides "cell_type=lstm,num_hidden_layers=3,hidden_size=32,hidden_sizes=32/32/16,embedding_size=16,weight_drop=0.3,dropout_input=0.2,dropout_output=0.2")
+else
+  PTB_FLAGS=(--use_cpu false)
+fi
+timeout 330 $PY training/train_clm.py training/configs/ptb_awd_budget_gpu.json --output_dir runs/gpu_ptb_awd \
+  --train_file $PTB/ptb.train.txt --validation_file $PTB/ptb.valid.txt --test_file $PTB/ptb.test.txt \
+  "${PTB_FLAGS[@]}" > $LOGS/ptb_awd.log 2>&1
+log "PTB AWD exit $? ($(grep -h '\[result\]' $LOGS/ptb_awd.log | tr '\n' ' '))"
+cp runs/gpu_ptb_awd/training_log.csv "$OUT/ptb_awd_training_log.csv" 2>/dev/null
+timeout 240 $PY -m rnn_lm_hf.cli evaluate runs/gpu_ptb_awd --file $PTB/ptb.test.txt --neural_cache --dynamic_eval \
+  --tune_file $PTB/ptb.valid.txt --stats_file $PTB/ptb.train.txt > "$OUT/ptb_awd_eval.json" 2> $LOGS/ptb_awd_eval.log
+log "PTB AWD evaluation exit $?"
+
 log "stage 1: speed ($(left) s left)"
 timeout 90 $PY bench/speed.py "${SPEED_FLAGS[@]}" --out "$OUT/speed.json" > $LOGS/speed.log 2>&1
 log "speed exit $?"
@@ -80,5 +102,5 @@ if [ -f $LM/model.safetensors ]; then
 fi
 
 tar -czf "$OUT/runs.tar.gz" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='checkpoint-*' \
-  --exclude='*.pth' --exclude='tokenizer.json' --exclude='*_rnn_lm.py' runs/gpu_downstream $LOGS 2>/dev/null
+  --exclude='*.pth' --exclude='tokenizer.json' --exclude='*_rnn_lm.py' runs/gpu_downstream runs/gpu_ptb_awd $LOGS 2>/dev/null
 log "done"

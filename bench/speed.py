@@ -85,7 +85,9 @@ PRESETS = {
 TRAIN_TARGET = 0.95  # tokens/s ours / bare, at least
 FLATNESS_TARGET = 1.1  # ms/token at the longest prompt / at the shortest, at most
 DECODE_TARGET = 1.3  # ms/token generate / bare loop, at most
-TRAIN_VARIANTS = ("bare_fused", "bare_per_layer", "ours", "bare_fused_stateful", "ours_stateful")
+# ours_weight_drop: AWD-LSTM's DropConnect on W_hh, new dropped matrices swapped in per call (functional_call); on
+# CUDA, cuDNN then re-packs its weights every forward: this variant measures that cost against the bare LSTM.
+TRAIN_VARIANTS = ("bare_fused", "bare_per_layer", "ours", "bare_fused_stateful", "ours_stateful", "ours_weight_drop")
 DECODE_VARIANTS = ("generate", "forward_loop", "bare_loop")
 
 
@@ -156,6 +158,8 @@ def build_models(settings: dict, device: torch.device) -> dict[str, nn.Module]:
         tie_word_embeddings=settings["tie"],
     )
     models = {"ours": RNNLMForCausalLM(config)}
+    models["ours_weight_drop"] = RNNLMForCausalLM(RNNLMConfig.from_dict({**config.to_dict(), "weight_drop": 0.5}))
+    models["ours_weight_drop"].load_state_dict(models["ours"].state_dict())
     for name, fused in (("bare_fused", True), ("bare_per_layer", False)):
         bare = BareLSTMLM(
             settings["vocab_size"],
@@ -237,18 +241,18 @@ def make_train_steps(models: dict, settings: dict, device: torch.device, amp_dty
 
         return step
 
-    def ours_step(stateful: bool):
+    def ours_step(stateful: bool, name: str = "ours"):
         carried = {"cache": None}
 
         def step(i: int) -> None:
             input_ids, targets = batches[i % len(batches)]
-            optimizers["ours"].zero_grad(set_to_none=True)
+            optimizers[name].zero_grad(set_to_none=True)
             with autocast():
                 # shift_labels: the targets are already the next tokens, exactly the bare LM's targets.
-                out = models["ours"](
+                out = models[name](
                     input_ids=input_ids, shift_labels=targets, cache=carried["cache"], use_cache=stateful
                 )
-            update("ours", out.loss)
+            update(name, out.loss)
             carried["cache"] = getattr(out, CACHE_FIELD) if stateful else None  # the model stores detached states
 
         return step
@@ -259,6 +263,7 @@ def make_train_steps(models: dict, settings: dict, device: torch.device, amp_dty
         "ours": ours_step(stateful=False),
         "bare_fused_stateful": bare_step("bare_fused", stateful=True),
         "ours_stateful": ours_step(stateful=True),
+        "ours_weight_drop": ours_step(stateful=False, name="ours_weight_drop"),
     }
 
 
@@ -311,6 +316,8 @@ def bench_train(models: dict, settings: dict, device: torch.device, amp_dtype: t
             "bare_per_layer/bare_fused": compare(throughput["bare_per_layer"], throughput["bare_fused"]),
             "ours/bare_per_layer": compare(throughput["ours"], throughput["bare_per_layer"]),
             "ours_stateful/ours": compare(throughput["ours_stateful"], throughput["ours"]),
+            "ours_weight_drop/bare_fused": compare(throughput["ours_weight_drop"], throughput["bare_fused"]),
+            "ours_weight_drop/ours": compare(throughput["ours_weight_drop"], throughput["ours"]),
         },
     }
 

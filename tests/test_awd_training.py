@@ -12,6 +12,7 @@ from rnn_lm_hf.data import StreamSegments
 from rnn_lm_hf.nt_asgd import NTASGDCallback
 from rnn_lm_hf.trainer import RNNLMTrainer, RNNLMTrainingArguments, last_complete_checkpoint
 from tests.conftest import make_config
+from tests.test_trainer import args
 
 
 def stream(n=1200, seed=0):
@@ -19,24 +20,9 @@ def stream(n=1200, seed=0):
 
 
 def training_args(tmp_path, **overrides):
-    values = {
-        "output_dir": str(tmp_path),
-        "report_to": "none",
-        "use_cpu": True,
-        "seed": 0,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 1,
-        "remove_unused_columns": False,
-        "optim": "sgd",
-        "learning_rate": 1.0,
-        "lr_scheduler_type": "constant",
-        "dataloader_num_workers": 0,
-        **overrides,
-    }
-    return RNNLMTrainingArguments(**values)
+    stateful = {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 1, "remove_unused_columns": False}
+    sgd = {"optim": "sgd", "learning_rate": 1.0, "lr_scheduler_type": "constant"}
+    return args(tmp_path, RNNLMTrainingArguments, **{**stateful, **sgd, **overrides})
 
 
 def tiny_trainer(tmp_path, variable_bptt=False, **overrides):
@@ -104,9 +90,8 @@ def test_nt_asgd_finetune_stops_when_validation_stalls():
     assert control.should_training_stop
 
 
-def average_of_steps(tmp_path, steps, **overrides):
-    """Weights after each optimizer step, from a plain run of the same trainer (the reference for the average)."""
-    trainer = tiny_trainer(tmp_path, max_steps=steps, **overrides)
+def train_with_snapshots(trainer) -> list[dict[str, torch.Tensor]]:
+    """Train, keeping the weights after every optimizer step (the reference for an average)."""
     snapshots = []
 
     class Snapshot(NTASGDCallback):
@@ -119,7 +104,7 @@ def average_of_steps(tmp_path, steps, **overrides):
 
 
 def test_nt_asgd_averages_evaluates_and_resumes_with_its_average(tmp_path):
-    snapshots = average_of_steps(tmp_path / "plain", 6)
+    snapshots = train_with_snapshots(tiny_trainer(tmp_path / "plain", max_steps=6))
     # Finetune mode averages from the start: the initial weights plus the weights after every step.
     reference = tiny_trainer(tmp_path / "ref")
     initial = {n: p.detach().clone() for n, p in reference.model.named_parameters()}
@@ -203,14 +188,7 @@ def test_nt_asgd_time_trigger_starts_averaging_in_a_budgeted_run(tmp_path):
     """With a wall-time budget the average starts at the latest after `nt_asgd_start_minutes`, stalled or not."""
     trainer = tiny_trainer(tmp_path, max_steps=4, nt_asgd=True, eval_strategy="steps", eval_steps=100)
     trainer.nt_asgd.start_after_s = 0.0  # already late at the first step
-    snapshots = []
-
-    class Snapshot(NTASGDCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
-
-    trainer.add_callback(Snapshot())
-    trainer.train()
+    snapshots = train_with_snapshots(trainer)
     assert trainer.nt_asgd.trigger_step == 1
     for name, param in trainer.model.named_parameters():  # the mean of the weights after steps 1..4
         torch.testing.assert_close(param, torch.stack([s[name] for s in snapshots]).mean(0), msg=name)

@@ -49,7 +49,7 @@ def dataset_for(head, rows):
     )
 
 
-def args(tmp_path, **overrides):
+def args(tmp_path, arguments_class=TrainingArguments, **overrides):
     defaults = {
         "output_dir": str(tmp_path),
         "report_to": "none",
@@ -60,7 +60,7 @@ def args(tmp_path, **overrides):
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
     }
-    return TrainingArguments(**{**defaults, **overrides})
+    return arguments_class(**{**defaults, **overrides})
 
 
 @pytest.mark.parametrize("head", [RNNLMForCausalLM, RNNLMForTokenClassification, RNNLMForSequenceClassification])
