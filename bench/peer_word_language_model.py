@@ -43,7 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--tied", action=argparse.BooleanOptionalAction, default=True, help="tie embedding/softmax")
     parser.add_argument("--seed", type=int, default=1111, help="random seed")
     parser.add_argument("--log_interval", type=int, default=200, help="report interval (batches)")
-    parser.add_argument("--save", type=Path, default=Path("model.pt"), help="path to save the best model")
+    parser.add_argument(
+        "--save", type=Path, default=Path("runs/peer_word_language_model.pt"), help="path to save the best model"
+    )
     parser.add_argument("--max_minutes", type=float, default=None, help="training + validation wall-time budget")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--smoke", type=int, default=0, help="use only the first N lines of each split (0 = all)")
@@ -215,6 +217,7 @@ def main(argv=None):
         improved, lr = anneal(lr, val_loss, best_val_loss)
         if improved:  # save atomically: a run killed mid-write never leaves a truncated best model
             tmp = args.save.with_name(args.save.name + ".tmp")
+            args.save.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), tmp)
             os.replace(tmp, args.save)
             best_val_loss = val_loss

@@ -224,7 +224,7 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     dynamic = {"lr": args.dynamic_lr, "decay": args.dynamic_decay, "bptt": args.dynamic_bptt}
     rms = None
     if args.dynamic_eval:
-        stats_file = args.stats_file or _run_argument(args.model, "train_file")
+        stats_file = args.stats_file or evaluation.run_arguments(args.model).get("train_file")
         if stats_file is None:
             raise ValueError(
                 "--dynamic_eval needs training text for its gradient statistics: pass --stats_file (the model's "
@@ -264,11 +264,6 @@ def evaluate_file(args: argparse.Namespace) -> dict:
         **({"dynamic_eval": dynamic} if args.dynamic_eval else {}),
     }
     return metrics
-
-
-def _run_argument(model_path: str, key: str):
-    path = Path(model_path) / "run_info.json"
-    return json.loads(path.read_text()).get("arguments", {}).get(key) if path.is_file() else None
 
 
 def evaluate_perplexity(

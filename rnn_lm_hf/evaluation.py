@@ -39,11 +39,14 @@ class TextOptions:
     @classmethod
     def of_run(cls, model_path: str | Path) -> "TextOptions":
         """Read from the folder's `run_info.json` (written by `train_clm.py`); the defaults otherwise."""
-        path = Path(model_path) / "run_info.json"
-        if not path.is_file():
-            return cls()
-        arguments = json.loads(path.read_text()).get("arguments", {})
+        arguments = run_arguments(model_path)
         return cls(**{key: arguments[key] for key in cls.__dataclass_fields__ if key in arguments})
+
+
+def run_arguments(model_path: str | Path) -> dict:
+    """The arguments a training script recorded in the folder's `run_info.json`; empty when there is none."""
+    path = Path(model_path) / "run_info.json"
+    return json.loads(path.read_text()).get("arguments", {}) if path.is_file() else {}
 
 
 def load_stream(file: str, tokenizer, options: TextOptions) -> np.ndarray:
