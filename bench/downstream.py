@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from rnn_lm_hf.training.transfer import ARCHITECTURE_FIELDS  # fixed by a pretrained LM
+from rnn_lm_hf import RNNLMConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
     # The LM fixes architecture, tokenizer and dropout (its features were learnt with it); keep the config's other
     # overrides (pooling, ...) and add lm_overrides. scratch-lm gets exactly the same, only its weights are random.
     overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
-    fixed = (*ARCHITECTURE_FIELDS, "dropout")
+    fixed = (*RNNLMConfig.architecture_fields, "dropout")
     kept = [item for item in overrides.split(",") if item.split("=")[0].strip() not in fixed]
     kept = dict(item.split("=", 1) for item in kept + spec.get("lm_overrides", "").split(",") if "=" in item)
     lm = args.pretrained_lm

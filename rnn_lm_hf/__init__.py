@@ -1,15 +1,10 @@
 """rnn-lm-hf: classic recurrent language models (Elman RNN, LSTM, GRU) as Hugging Face transformers models."""
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
 
 from .configuration_rnn_lm import RNNLMConfig
 from .modeling_rnn_lm import (
+    MODEL_CLASSES,
     RNNLMCache,
     RNNLMForCausalLM,
     RNNLMForSequenceClassification,
@@ -21,22 +16,15 @@ from .modeling_rnn_lm import (
 
 __version__ = "0.1.0"
 
-# Auto class of each model class: in-process registration, and the `auto_map` written into saved folders.
-AUTO_CLASSES = {
-    "AutoModel": (AutoModel, RNNLMModel),
-    "AutoModelForCausalLM": (AutoModelForCausalLM, RNNLMForCausalLM),
-    "AutoModelForTokenClassification": (AutoModelForTokenClassification, RNNLMForTokenClassification),
-    "AutoModelForSequenceClassification": (AutoModelForSequenceClassification, RNNLMForSequenceClassification),
-}
-
-AutoConfig.register(RNNLMConfig.model_type, RNNLMConfig, exist_ok=True)
+# In-process registration with every Auto class; `save_pretrained` then writes the full `auto_map` (Hub code).
+transformers.AutoConfig.register(RNNLMConfig.model_type, RNNLMConfig, exist_ok=True)
 RNNLMConfig.register_for_auto_class()
-for _auto_name, (_auto_class, _model_class) in AUTO_CLASSES.items():
-    _auto_class.register(RNNLMConfig, _model_class, exist_ok=True)
+for _auto_name, _model_class in MODEL_CLASSES.items():
+    getattr(transformers, _auto_name).register(RNNLMConfig, _model_class, exist_ok=True)
     _model_class.register_for_auto_class(_auto_name)
 
 __all__ = [
-    "AUTO_CLASSES",
+    "MODEL_CLASSES",
     "RNNLMCache",
     "RNNLMConfig",
     "RNNLMPreTrainedModel",

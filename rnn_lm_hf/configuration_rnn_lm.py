@@ -99,6 +99,19 @@ class RNNLMConfig(PretrainedConfig):
     model_type = "rnn_lm"
     # The recurrent state is generation-time only: Trainer.predict must not try to gather it.
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
+    # Fields that shape or define the weights: a pretrained checkpoint fixes them, and overriding one when loading it
+    # would silently break the transfer (the fine-tuning scripts refuse it).
+    architecture_fields = (
+        "vocab_size",
+        "hidden_size",
+        "hidden_sizes",
+        "embedding_size",
+        "num_hidden_layers",
+        "cell_type",
+        "rnn_nonlinearity",
+        "bidirectional",
+        "output_projection",
+    )
 
     def __init__(
         self,
@@ -265,6 +278,17 @@ class RNNLMConfig(PretrainedConfig):
     def pooled_size(self) -> int:
         """Width of the sequence head's pooled features: last ‖ max ‖ mean for `"concat"`, one summary otherwise."""
         return self.output_size * (3 if self.classifier_pooling == "concat" else 1)
+
+    @property
+    def head_dropout(self) -> float:
+        """Dropout before the tagging/classification head: `classifier_dropout`, or `dropout` when that is None."""
+        return self.classifier_dropout if self.classifier_dropout is not None else self.dropout
+
+    @property
+    def needs_projection(self) -> bool:
+        """Whether the LM head reads the recurrent output through a linear projection to `embedding_size` (AWD-LSTM's
+        smaller last layer makes it unnecessary)."""
+        return self.output_projection and self.output_size != self.input_size
 
     @property
     def lm_input_size(self) -> int:

@@ -29,7 +29,7 @@ import huggingface_hub
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
-from .modeling_rnn_lm import AUTO_MAP
+from .modeling_rnn_lm import auto_map
 from .run_info import RUN_INFO_FILE, is_secret, load_run_info
 
 
@@ -577,7 +577,7 @@ def _check_config(folder: Path, problems: list[str]) -> dict[str, Any] | None:
         problems.append(
             f"config.json has model_type {config.get('model_type')!r}, not 'rnn_lm': not an rnn-lm-hf model."
         )
-    missing = [name for name in AUTO_MAP if name not in (config.get("auto_map") or {})]
+    missing = [name for name in auto_map() if name not in (config.get("auto_map") or {})]
     if missing:
         problems.append(
             f"config.json auto_map lacks {', '.join(missing)}: re-save the model with model.save_pretrained(folder) "

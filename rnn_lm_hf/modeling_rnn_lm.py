@@ -30,14 +30,6 @@ logger = logging.get_logger(__name__)
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
 RNN_CLASSES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-# Every Auto class a saved folder can be loaded through with `trust_remote_code=True`.
-AUTO_MAP = {
-    "AutoConfig": "configuration_rnn_lm.RNNLMConfig",
-    "AutoModel": "modeling_rnn_lm.RNNLMModel",
-    "AutoModelForCausalLM": "modeling_rnn_lm.RNNLMForCausalLM",
-    "AutoModelForTokenClassification": "modeling_rnn_lm.RNNLMForTokenClassification",
-    "AutoModelForSequenceClassification": "modeling_rnn_lm.RNNLMForSequenceClassification",
-}
 
 
 def accepts_legacy_cache_names(forward):
@@ -264,7 +256,7 @@ class RNNLMPreTrainedModel(PreTrainedModel):
         # transformers writes only the saved class into `auto_map`; write them all so the folder loads through
         # every Auto class as Hub code. Entries already there (e.g. "org/repo--module.Class") win.
         if self._auto_class is not None:
-            self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+            self.config.auto_map = {**auto_map(), **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(*args, **kwargs)
 
 
@@ -457,8 +449,7 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = RNNLMModel(config)
         # Project hidden -> embedding size so the softmax can share the embedding matrix (Press & Wolf 2017).
-        needs_projection = config.output_projection and config.output_size != config.input_size
-        self.projection = nn.Linear(config.output_size, config.input_size) if needs_projection else None
+        self.projection = nn.Linear(config.output_size, config.input_size) if config.needs_projection else None
         self.lm_head = nn.Linear(config.lm_input_size, config.vocab_size)
         self.post_init()
 
@@ -566,8 +557,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = RNNLMModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.head_dropout)
         self.classifier = nn.Linear(config.output_size, config.num_labels)
         self.post_init()
 
@@ -610,8 +600,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = RNNLMModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.dropout
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.head_dropout)
         self.score = nn.Linear(config.pooled_size, config.num_labels)
         self.post_init()
 
@@ -681,7 +670,24 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# The one table of heads: the Auto class that loads each model class. The package registers from it, and saved
+# folders' `auto_map` (every Auto class loads them as Hub code) derives from it.
+MODEL_CLASSES = {
+    "AutoModel": RNNLMModel,
+    "AutoModelForCausalLM": RNNLMForCausalLM,
+    "AutoModelForTokenClassification": RNNLMForTokenClassification,
+    "AutoModelForSequenceClassification": RNNLMForSequenceClassification,
+}
+
+
+def auto_map() -> dict[str, str]:
+    """`config.json`'s `auto_map` for Hub code: every Auto class to its class in the shipped files."""
+    models = {name: f"modeling_rnn_lm.{model_class.__name__}" for name, model_class in MODEL_CLASSES.items()}
+    return {"AutoConfig": "configuration_rnn_lm.RNNLMConfig", **models}
+
+
 __all__ = [
+    "MODEL_CLASSES",
     "RNNLMCache",
     "RNNLMPreTrainedModel",
     "RNNLMModel",
