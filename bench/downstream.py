@@ -99,8 +99,8 @@ def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
     # overrides (pooling, ...) and add lm_overrides. scratch-lm gets exactly the same, only its weights are random.
     overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
     fixed = (*RNNLMConfig.architecture_fields, "dropout")
-    kept = [item for item in overrides.split(",") if item.split("=")[0].strip() not in fixed]
-    kept = dict(item.split("=", 1) for item in kept + spec.get("lm_overrides", "").split(",") if "=" in item)
+    kept = {key: value for key, value in RNNLMConfig.parse_overrides(overrides).items() if key not in fixed}
+    kept.update(RNNLMConfig.parse_overrides(spec.get("lm_overrides")))
     lm = args.pretrained_lm
     # Always passed, even empty: it replaces the config file's overrides, which set the BiLSTM's architecture.
     command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items()), *spec["lm_flags"]]

@@ -2,7 +2,7 @@
 
 Every reader returns a `datasets.Dataset` with a `text` column and, for labeled data, a `label` column: the labels as
 written in the file (strings), or a `ClassLabel` when `label_names` is given. Format problems raise
-`DataFormatError` with a one-line message naming the file, the line and the fix.
+`DataError` with a one-line message naming the file, the line and the fix.
 """
 
 import csv
@@ -15,7 +15,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .tagging_data import DataFormatError, read_lines, read_text
+from .data import DataError
+from .tagging_data import read_lines, read_text
 
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _infer_format(path: Path) -> str:
         return "label_first"
     suffix = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
     if suffix is None:
-        raise DataFormatError(
+        raise DataError(
             f"{path}: can't tell the layout from the file name; pass file_format= one of {FILE_FORMATS}"
         )
     return suffix
@@ -53,12 +54,12 @@ def _infer_format(path: Path) -> str:
 def _pick_column(path: Path, found: Sequence[str], given: str | None, candidates: tuple[str, ...], kind: str) -> str:
     if given is not None:
         if given not in found:
-            raise DataFormatError(f"{path}: no {kind} column {given!r}; columns found: {list(found)}")
+            raise DataError(f"{path}: no {kind} column {given!r}; columns found: {list(found)}")
         return given
     for name in candidates:
         if name in found:
             return name
-    raise DataFormatError(
+    raise DataError(
         f"{path}: no {kind} column (looked for {list(candidates)}); columns found: {list(found)}; "
         f"pass --{kind}_column" + (", or read it as unlabeled (labeled=False)" if kind == "label" else "")
     )
@@ -78,12 +79,12 @@ def _read_table(path: Path, file_format: str, encoding: str) -> tuple[list[str],
             if not any(field.strip() for field in fields):
                 continue
             if len(fields) != len(header):
-                raise DataFormatError(
+                raise DataError(
                     f"{path}:{reader.line_num}: {len(fields)} field(s), but the header has {len(header)} ({header})"
                 )
             rows.append((reader.line_num, dict(zip(header, fields))))
     except csv.Error as err:
-        raise DataFormatError(f"{path}:{reader.line_num}: {err}") from None
+        raise DataError(f"{path}:{reader.line_num}: {err}") from None
     return header, rows
 
 
@@ -95,9 +96,9 @@ def _read_jsonl(path: Path, encoding: str) -> tuple[list[str], list[tuple[int, d
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataFormatError(f"{path}:{lineno}: invalid JSON ({err.msg}); write one object per line") from None
+            raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg}); write one object per line") from None
         if not isinstance(row, dict):
-            raise DataFormatError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
         rows.append((lineno, row))
     return (list(rows[0][1]) if rows else []), rows
 
@@ -126,18 +127,18 @@ def read_classification_file(
         for lineno, line in enumerate(read_lines(path, encoding), start=1):
             parts = line.split(maxsplit=1)
             if len(parts) == 1:
-                raise DataFormatError(f"{path}:{lineno}: expected '<label> <sentence>', got {line[:40]!r}")
+                raise DataError(f"{path}:{lineno}: expected '<label> <sentence>', got {line[:40]!r}")
             where = f"{path}:{lineno}"
             records.append((where, *reversed(parts)) if parts else (where, "", None))  # blank: skipped, counted
     elif file_format in ("tsv", "csv", "jsonl"):
         header, rows = _read_table(path, file_format, encoding)
         if not header:
-            raise DataFormatError(f"{path}: empty file")
+            raise DataError(f"{path}: empty file")
         text_column = _pick_column(path, header, text_column, TEXT_COLUMNS, "text")
         label_column = _pick_column(path, header, label_column, LABEL_COLUMNS, "label") if labeled else None
         for lineno, row in rows:
             if text_column not in row or (label_column is not None and label_column not in row):
-                raise DataFormatError(
+                raise DataError(
                     f"{path}:{lineno}: missing {text_column!r} or {label_column!r}; keys: {list(row)}"
                 )
             label = str(row[label_column]).strip() if label_column is not None else None
@@ -164,7 +165,7 @@ def read_class_files(
     for label, path in files.items():
         lines = read_lines(path, encoding)
         if not any(line.strip() for line in lines):
-            raise DataFormatError(f"{path}: empty file")
+            raise DataError(f"{path}: empty file")
         records += [(f"{path}:{lineno}", line, label) for lineno, line in enumerate(lines, start=1)]
     where = Path(source) if isinstance(source, str | Path) else Path(next(iter(files.values()))).parent
     return _to_dataset(where, records, True, label_names)
@@ -188,7 +189,7 @@ def _class_files(source, classes: Sequence[str] | None) -> dict[str, Path]:
         groups = [paths for paths in by_stem.values() if len(paths) >= 2]
     if len(groups) != 1:
         names = sorted(p.name for p in candidates)
-        raise DataFormatError(
+        raise DataError(
             f"{folder}: can't tell which files hold the classes (found {names}); pass classes=['pos', 'neg'] "
             "or the list of class files"
         )
@@ -200,7 +201,7 @@ def _to_dataset(path: Path, records: list, labeled: bool, label_names: Sequence[
     if len(kept) < len(records):
         logger.warning("%s: skipped %d empty sentence(s)", path, len(records) - len(kept))
     if not kept:
-        raise DataFormatError(f"{path}: empty file (no sentences)")
+        raise DataError(f"{path}: empty file (no sentences)")
     texts, labels = [text for _, text, _ in kept], [label for _, _, label in kept]
     if not labeled:
         return datasets.Dataset.from_dict({"text": texts})
@@ -209,7 +210,7 @@ def _to_dataset(path: Path, records: list, labeled: bool, label_names: Sequence[
     known = set(label_names)
     for where, _, label in kept:
         if label not in known:
-            raise DataFormatError(
+            raise DataError(
                 f"{where}: unknown label {label!r} (known: {list(label_names)}); fix the file or add it to the "
                 "label values (--label_values)"
             )
@@ -275,7 +276,7 @@ def kfold_splits(
     rng = np.random.default_rng(seed)
     if stratify:
         if label_column not in dataset.column_names:
-            raise DataFormatError(f"no {label_column!r} column to stratify on; columns: {dataset.column_names}")
+            raise DataError(f"no {label_column!r} column to stratify on; columns: {dataset.column_names}")
         _, class_ids = np.unique(np.asarray(dataset[label_column]), return_inverse=True)
         order = np.concatenate([rng.permutation(np.flatnonzero(class_ids == c)) for c in range(class_ids.max() + 1)])
     else:

@@ -7,149 +7,41 @@ rnn-lm evaluate out --file test.txt           # stateful stream perplexity
 rnn-lm generate out "the writer of" --do_sample --top_k 40
 rnn-lm train-tagger ... / rnn-lm train-classifier ...
 rnn-lm tokenizer corpus.txt --kind bpe --output_dir tok   # a tokenizer for your own Trainer code
-rnn-lm card out / rnn-lm push out org/name
+rnn-lm analyze gradients out --file test.txt --output_dir analysis   # gradient flow against distance
+rnn-lm analyze agreement out --pairs pairs.jsonl --output_dir analysis  # minimal-pair (agreement) accuracy
+rnn-lm card out / rnn-lm check out / rnn-lm push out org/name           # model card, publish check, upload
 rnn-lm --threads 2 COMMAND ...                # CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, <= 4)
 """
 
 import argparse
-import dataclasses
 import json
-import logging
-import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 
-# Trainer's defaults (learning rate 5e-5, a log line every 500 steps) are made for fine-tuning pretrained
-# transformers; an RNN trained from scratch barely moves at 5e-5, and `rnn-lm plot` would get one point. These apply
-# only to options the user did not give, as a flag or a config-file key, so `--learning_rate 5e-5` still means 5e-5.
-CLM_DEFAULTS = {"learning_rate": 2e-3, "logging_steps": 10}
-# Taggers and classifiers (from scratch or on an LM encoder): on the tiny NER fixture 40 steps reach entity F1 1.0
-# at 5e-3 and 0.36 at 5e-5.
-FINETUNE_DEFAULTS = {"learning_rate": 5e-3, "logging_steps": 10}
-NONFINITE_ACTIONS = ("stop", "skip")
+def train(argv: list[str]) -> int:
+    from rnn_lm_hf.training import train_clm
+
+    return train_clm.cli(argv)
 
 
-def run_main(main, argv: list[str] | None = None) -> int:
-    """Run a training script's `main`: bad input ends with one `error:` line naming the problem and the fix (exit
-    status 2), never a traceback. DataError/DataFormatError are ValueErrors; a missing file is an OSError."""
-    try:
-        main(argv)
-    except (ValueError, OSError) as error:
-        logging.getLogger(main.__module__).debug("Traceback", exc_info=True)
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+def train_tagger(argv: list[str]) -> int:
+    from rnn_lm_hf.training import train_token_classification
+
+    return train_token_classification.cli(argv)
 
 
-@dataclass
-class RunArguments:
-    """How a training script uses the machine and what it does when the loss stops being a number (all scripts)."""
+def train_classifier(argv: list[str]) -> int:
+    from rnn_lm_hf.training import train_sequence_classification
 
-    threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "CPU threads for torch (torch.set_num_threads). Default: $OMP_NUM_THREADS when set, else half "
-            "the CPUs this process may use, at most 4 (torch's own default, every core, oversubscribes a busy "
-            "machine: the demo ran 14x slower on 2 shared cores)."
-        },
-    )
-    on_nonfinite: str = field(
-        default="stop",
-        metadata={
-            "help": "When the training loss or a gradient is NaN/inf: 'stop' ends the run with an error before the "
-            "optimizer step (the last checkpoint stays good); 'skip' drops that step's update and goes on."
-        },
-    )
-
-    def __post_init__(self):
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {self.threads}")
-        if self.on_nonfinite not in NONFINITE_ACTIONS:
-            raise ValueError(
-                f"--on_nonfinite must be one of {', '.join(NONFINITE_ACTIONS)}, got {self.on_nonfinite!r}"
-            )
-
-
-def default_threads() -> int:
-    """$OMP_NUM_THREADS when set, else half the usable CPUs (at most 4): small recurrent layers gain little from
-    more intra-op threads, and leaving cores free keeps a shared machine from thrashing."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cpus // 2))
-
-
-def set_threads(threads: int | None = None) -> int:
-    """`torch.set_num_threads(threads or default_threads())`; returns the count."""
-    import torch
-
-    threads = threads or default_threads()
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return threads
-
-
-def apply_run_arguments(run_args: RunArguments, training_args) -> None:
-    """Threads, and no pinned memory on CPU (the DataLoader warns about it at every epoch and evaluation)."""
-    set_threads(run_args.threads)
-    if training_args.device.type == "cpu":
-        training_args.dataloader_pin_memory = False
-
-
-def parse_script_args(
-    dataclass_types: tuple[type, ...], argv: list[str] | None = None, defaults: dict | None = None
-) -> tuple:
-    """`script.py [args.json|args.yaml] [--flag value ...]` as in run_clm; flags after the file override its values
-    (benchmark drivers, `rnn-lm train cfg.json --output_dir x`). `defaults` replace dataclass defaults (and show in
-    `--help`) for the options neither the file nor the flags give."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(dataclass_types)
-    known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
-    defaults = {key: value for key, value in (defaults or {}).items() if key in known}
-    parser.set_defaults(**defaults)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
-        return parser.parse_args_into_dataclasses(args=argv)
-    path = Path(argv[0])
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such config file (relative to {Path.cwd()})")
-    if path.suffix == ".json":
-        values = json.loads(path.read_text())
-    else:
-        import yaml
-
-        values = yaml.safe_load(path.read_text())
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of option names to values")
-    if len(argv) == 1:
-        return parser.parse_dict({**defaults, **values})
-    flags = []
-    for key, value in values.items():
-        if isinstance(value, list):
-            flags += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            flags += [f"--{key}", json.dumps(value)]
-        elif value is not None:
-            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return parser.parse_args_into_dataclasses(args=[*flags, *argv[1:]])
-
-
-def run_training_script(module: str, argv: list[str]) -> int:
-    import importlib
-
-    script = importlib.import_module(f"rnn_lm_hf.training.{module}")
-    return script.cli(argv)
+    return train_sequence_classification.cli(argv)
 
 
 def demo(argv: list[str]) -> int:
     from rnn_lm_hf.training.train_clm import DEMO_CONFIG
 
-    return run_training_script("train_clm", [str(DEMO_CONFIG), *argv])
+    return train([str(DEMO_CONFIG), *argv])
 
 
 def evaluate_command(argv: list[str]) -> int:
@@ -326,12 +218,13 @@ def generate_command(argv: list[str]) -> int:
 
     from transformers import pipeline, set_seed
 
-    from rnn_lm_hf.hub import HEADS, model_task
+    from rnn_lm_hf.hub import model_task
+    from rnn_lm_hf.run_info import TASKS
 
     # A classifier folder would otherwise end in two tracebacks from inside the pipeline.
     task = model_task(args.model, trust_remote_code=args.trust_remote_code)
     if task not in (None, "causal-lm"):
-        head = HEADS[task]
+        head = TASKS[task]
         command = "train-tagger" if task == "token-classification" else "train-classifier"
         raise ValueError(
             f"{args.model} holds a {head.model_class} ({task} head), and `rnn-lm generate` needs a causal LM "
@@ -403,23 +296,101 @@ def tokenizer_command(argv: list[str]) -> int:
     return tokenizer_main(argv)
 
 
-def hub_command(name: str, argv: list[str]) -> int:
-    from rnn_lm_hf import hub
+# The Hub commands' flags until 0.1 were spelt with hyphens; accepted, with a warning, for one more release.
+DEPRECATED_FLAGS = {"--repo-id": "--repo_id", "--commit-message": "--commit_message"}
 
-    return hub.main([name, *argv])
+
+def renamed_flags(argv: list[str]) -> list[str]:
+    """`argv` with the old hyphenated Hub flags (`--repo-id x`, `--commit-message=y`) renamed, warning once each."""
+    renamed = []
+    for part in argv:
+        flag, sep, value = part.partition("=")
+        if flag in DEPRECATED_FLAGS:
+            print(f"warning: {flag} is deprecated, use {DEPRECATED_FLAGS[flag]}", file=sys.stderr)
+            part = DEPRECATED_FLAGS[flag] + sep + value
+        renamed.append(part)
+    return renamed
+
+
+def analyze_command(argv: list[str]) -> int:
+    from rnn_lm_hf.analysis import main as analysis_main
+
+    return analysis_main(argv)
+
+
+def card_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rnn-lm card", description="(Re)write README.md of a trained model folder.")
+    parser.add_argument("model_dir")
+    parser.add_argument("--repo_id", help="Hub id used in the card's loading snippets")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--language", action="append", help="language code of the training text (repeatable)")
+    args = parser.parse_args(renamed_flags(argv))
+
+    from rnn_lm_hf.model_card import write_model_card
+
+    path = write_model_card(args.model_dir, repo_id=args.repo_id, license=args.license, language=args.language)
+    print(f"Wrote {path}")
+    return 0
+
+
+def check_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rnn-lm check", description="Validate a folder for publishing and list the files `push` would upload."
+    )
+    parser.add_argument("model_dir")
+    args = parser.parse_args(argv)
+
+    from rnn_lm_hf.hub import validate_folder
+
+    print("\n".join(validate_folder(args.model_dir)))
+    return 0
+
+
+def push_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rnn-lm push", description="Validate, then upload a folder (token: HF_TOKEN or `hf auth login`)."
+    )
+    parser.add_argument("model_dir")
+    parser.add_argument("repo_id", help="namespace/name")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", help="branch to commit to (created from main when missing)")
+    parser.add_argument("--commit_message")
+    args = parser.parse_args(renamed_flags(argv))
+
+    from rnn_lm_hf.hub import PublishError, publish
+    from rnn_lm_hf.model_card import CARD_FILE, write_model_card
+
+    folder = Path(args.model_dir)
+    if folder.is_dir() and not (folder / CARD_FILE).is_file():  # e.g. a folder saved by plain Trainer
+        print(f"Wrote {write_model_card(args.model_dir, repo_id=args.repo_id)}")
+    try:
+        url = publish(
+            args.model_dir,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+        )
+    except PublishError as error:  # the upload failed, not the input: exit status 1
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"Published {args.repo_id}: {url}")
+    return 0
 
 
 COMMANDS = {
     "demo": demo,
-    "train": lambda argv: run_training_script("train_clm", argv),
-    "train-tagger": lambda argv: run_training_script("train_token_classification", argv),
-    "train-classifier": lambda argv: run_training_script("train_sequence_classification", argv),
+    "train": train,
+    "train-tagger": train_tagger,
+    "train-classifier": train_classifier,
     "evaluate": evaluate_command,
     "generate": generate_command,
     "plot": plot_command,
-    "tokenizer": lambda argv: tokenizer_command(argv),
-    "card": lambda argv: hub_command("card", argv),
-    "push": lambda argv: hub_command("push", argv),
+    "tokenizer": tokenizer_command,
+    "analyze": analyze_command,
+    "card": card_command,
+    "check": check_command,
+    "push": push_command,
 }
 
 
@@ -449,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     if threads is not None and argv and argv[0] in TRAINING_COMMANDS:
         argv = [*argv, "--threads", str(threads)]  # the scripts set it themselves, with the rest of their options
     elif argv and argv[0] in COMMANDS:
+        from rnn_lm_hf.training.scaffold import set_threads
+
         set_threads(threads)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())

@@ -225,11 +225,9 @@ class RNNLMConfig(PretrainedConfig):
         None by default (`embedding_size`, `classifier_dropout`); those values are parsed as int/float/None/str.
         A list field takes its items separated by `/`: `hidden_sizes=1150/1150/400`.
         """
-        for item in update_str.split(","):
-            if not item.strip():
-                continue
-            key, sep, value = (part.strip() for part in item.partition("="))
-            if not sep or not hasattr(self, key):
+        for key, value in self.parse_overrides(update_str).items():
+            item = f"{key}={value}"
+            if not hasattr(self, key):
                 raise ValueError(
                     f"config override {item!r}: expected key=value with a field of RNNLMConfig, "
                     "e.g. 'hidden_size=256,cell_type=gru'."
@@ -248,6 +246,23 @@ class RNNLMConfig(PretrainedConfig):
                     f"config override {item!r}: `{key}` takes {kind} (now {current!r}), got {value!r}."
                 ) from None
         self.check_architecture()
+
+    @staticmethod
+    def parse_overrides(update_str: str | None) -> dict[str, str]:
+        """`"hidden_size=256,cell_type=gru"` as `{"hidden_size": "256", "cell_type": "gru"}` (values unparsed): the
+        one reader of the override syntax. Raises a `ValueError` for an item without `=`."""
+        overrides = {}
+        for item in (update_str or "").split(","):
+            if not item.strip():
+                continue
+            key, sep, value = (part.strip() for part in item.partition("="))
+            if not sep or not key:
+                raise ValueError(
+                    f"config override {item.strip()!r}: expected key=value with a field of RNNLMConfig, "
+                    "e.g. 'hidden_size=256,cell_type=gru'."
+                )
+            overrides[key] = value
+        return overrides
 
     # Derived values, computed here once so modules never re-derive them.
     @property

@@ -33,10 +33,10 @@ import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .modeling_rnn_lm import IGNORE_INDEX
 from .tokenization import PAD_TOKEN_ID
 
 
-IGNORE_INDEX = -100
 # Local file extension -> `datasets` packaged builder.
 FILE_BUILDERS = {
     ".txt": "text",

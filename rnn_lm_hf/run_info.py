@@ -2,15 +2,47 @@
 
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
 RUN_INFO_FILE = "run_info.json"
-TASKS = ("causal-lm", "token-classification", "sequence-classification")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task a run trains for: its head class (in `modeling_rnn_lm.MODEL_CLASSES`) and how the Hub names it."""
+
+    model_class: str
+    pipeline_tag: str
+    title: str
+
+    @property
+    def auto_class(self) -> str:
+        """The Auto class that loads the head (from the modeling file's table)."""
+        from .modeling_rnn_lm import MODEL_CLASSES
+
+        return next(name for name, model_class in MODEL_CLASSES.items() if model_class.__name__ == self.model_class)
+
+
+# The one table of tasks; the model card, `rnn-lm generate` and run_info.json's `task` read it.
+TASKS = {
+    "causal-lm": Task("RNNLMForCausalLM", "text-generation", "Causal language modeling"),
+    "token-classification": Task("RNNLMForTokenClassification", "token-classification", "Token classification"),
+    "sequence-classification": Task("RNNLMForSequenceClassification", "text-classification", "Text classification"),
+}
+
+
+def task_of(architectures: list[str] | None) -> str | None:
+    """The task of a saved model from its config's `architectures`, or None for no head of ours."""
+    return next((name for name, task in TASKS.items() if task.model_class in (architectures or [])), None)
+
+
 # Never written anywhere: the values of options that carry credentials. Whole names, not substrings: `token` alone or
 # with a credential prefix (hub_token, push_to_hub_token, hf_token, auth_token, access_token, api_token), and
 # passwords, secrets and keys; `tokenizer_kind` or `label_sub_token` describe the run and must stay re-runnable.
@@ -19,9 +51,29 @@ SECRET_NAME = re.compile(
 )
 
 
+# User access tokens look like `hf_` + 34 letters/digits; 30+ keeps clear of ordinary words.
+TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{30,}")
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
 def is_secret(name: str) -> bool:
     """Whether an option or argument name (with or without leading dashes) holds a credential."""
     return bool(SECRET_NAME.search(name.lstrip("-").lower().replace("-", "_")))
+
+
+def secret_values(token: str | None = None) -> list[str]:
+    """The token values in use (`token`, `HF_TOKEN`, ...): never to be written anywhere."""
+    values = [token, *(os.environ.get(name) for name in TOKEN_ENV_VARS)]
+    return [value for value in values if value and len(value) >= 8]
+
+
+def redact(text: str) -> str:
+    """Blank out anything that looks like a Hub token (and the current token's value) before it reaches a card."""
+    for secret in secret_values():
+        text = text.replace(secret, "<redacted>")
+    # The values of credential options (--hub_token X, --password=X); other options (--tokenizer_kind) stay.
+    text = re.sub(r"(--([\w-]+)[= ])(\S+)", lambda m: m[1] + "<redacted>" if is_secret(m[2]) else m[0], text)
+    return TOKEN_PATTERN.sub("<redacted>", text)
 
 
 def command_line(argv: list[str] | None = None) -> str:

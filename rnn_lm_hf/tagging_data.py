@@ -2,7 +2,7 @@
 
 Readers return a `datasets.Dataset` with `tokens` and `tags` columns (lists of strings). Tags stay strings until
 `tokenize_and_align_labels` maps them to ids, as in transformers' `run_ner.py`. Format problems raise
-`DataFormatError` with a one-line message naming the file, the line and the fix.
+`DataError` with a one-line message naming the file, the line and the fix.
 """
 
 import logging
@@ -12,31 +12,29 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from .data import DataError
+from .modeling_rnn_lm import IGNORE_INDEX
+
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # label id that PyTorch's CrossEntropyLoss and the metrics skip
 LABEL_SUB_TOKENS = ("first", "last")  # which sub-token of a word carries its tag (tokenize_and_align_labels)
 
 _CONLLU_TAG_COLUMNS = {"upos": 3, "xpos": 4}
 _ASCII_SPACE = " \t\r\n\f\v"
 
 
-class DataFormatError(ValueError):
-    """A data file does not have the expected layout. The message names the file, the line and the fix."""
-
-
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """Reads a text file, turning a decoding failure into a `DataFormatError` that names the line and the fix."""
+    """Reads a text file, turning a decoding failure into a `DataError` that names the line and the fix."""
     path = Path(path)
     data = path.read_bytes()
     try:
         text = data.decode(encoding)
     except LookupError:
-        raise DataFormatError(f"{path}: unknown encoding {encoding!r}") from None
+        raise DataError(f"{path}: unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise DataFormatError(
+        raise DataError(
             f"{path}:{line}: not valid {encoding} (byte 0x{data[err.start]:02x}); "
             "pass the file's encoding, e.g. --encoding latin-1"
         ) from None
@@ -65,7 +63,7 @@ class _LabelChecker:
         if self.labels is None or tag in self.labels:
             return tag
         if self.unknown_label is None:
-            raise DataFormatError(
+            raise DataError(
                 f"{where}: unknown label {tag!r} (not among the {len(self.labels)} training labels); "
                 f"map unseen labels with --unknown_label O, or add {tag!r} to the label list"
             )
@@ -81,7 +79,7 @@ def _to_dataset(path: Path, tokens: list, tags: list | None, n_empty: int) -> da
     if n_empty:
         logger.warning("%s: skipped %d empty sentence(s) (blocks without any token line)", path, n_empty)
     if not tokens:
-        raise DataFormatError(f"{path}: no sentences found (empty file?)")
+        raise DataError(f"{path}: no sentences found (empty file?)")
     columns = {"tokens": tokens} if tags is None else {"tokens": tokens, "tags": tags}
     features = datasets.Features({name: datasets.Sequence(datasets.Value("string")) for name in columns})
     return datasets.Dataset.from_dict(columns, features=features)
@@ -121,12 +119,12 @@ def read_conll(
             n_columns = len(columns)
             _check_conll_columns(path, lineno, n_columns, token_column, tag_column)
         elif len(columns) != n_columns:
-            raise DataFormatError(
+            raise DataError(
                 f"{path}:{lineno}: {len(columns)} column(s), but the first token line has {n_columns}; "
                 "separate columns with one tab and write one token per line"
             )
         if not columns[token_column]:
-            raise DataFormatError(f"{path}:{lineno}: empty token (line starts with a tab)")
+            raise DataError(f"{path}:{lineno}: empty token (line starts with a tab)")
         tokens.append(columns[token_column])
         if tag_column is not None:
             tags.append(check(columns[tag_column], f"{path}:{lineno}"))
@@ -137,12 +135,12 @@ def read_conll(
 def _check_conll_columns(path: Path, lineno: int, n_columns: int, token_column: int, tag_column: int | None) -> None:
     token_index = token_column % n_columns if -n_columns <= token_column < n_columns else None
     if token_index is None:
-        raise DataFormatError(f"{path}:{lineno}: no token column {token_column} (the line has {n_columns} column(s))")
+        raise DataError(f"{path}:{lineno}: no token column {token_column} (the line has {n_columns} column(s))")
     if tag_column is None:
         return
     tag_index = tag_column % n_columns if -n_columns <= tag_column < n_columns else None
     if tag_index is None or tag_index == token_index:
-        raise DataFormatError(
+        raise DataError(
             f"{path}:{lineno}: no tag column (the line has {n_columns} column(s)); expected 'token<TAB>tag' lines, "
             "or pass tag_column=None to read unlabeled text"
         )
@@ -180,7 +178,7 @@ def read_conllu(
             continue
         columns = line.split("\t")
         if len(columns) != 10:
-            raise DataFormatError(
+            raise DataError(
                 f"{path}:{lineno}: {len(columns)} tab-separated column(s), CoNLL-U needs 10 "
                 "(for 'token<TAB>tag' files use read_conll)"
             )
@@ -284,7 +282,7 @@ def tokenize_and_align_labels(
     for row, tags in enumerate(examples[tags_column]):
         if len(tags) != len(words[row]):  # would tag the wrong words, or fail deep inside with an IndexError
             sentence = " ".join(words[row][:8]) + (" ..." if len(words[row]) > 8 else "")
-            raise DataFormatError(
+            raise DataError(
                 f"sentence {sentence!r} has {len(words[row])} {tokens_column} but {len(tags)} {tags_column}: give "
                 "every token exactly one tag"
             )
@@ -322,7 +320,7 @@ def _label_id(label2id: Mapping[str, int], tag: str, words: list[str]) -> int:
         return label2id[tag]
     except KeyError:
         sentence = " ".join(words[:8]) + (" ..." if len(words) > 8 else "")
-        raise DataFormatError(
+        raise DataError(
             f"unknown label {tag!r} in sentence {sentence!r}; map unseen labels with --unknown_label O or add it "
             "to the label list (read the file with labels=... to get its line number)"
         ) from None

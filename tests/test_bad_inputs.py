@@ -12,7 +12,7 @@ from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassificat
 from rnn_lm_hf.classification_data import read_classification_file
 from rnn_lm_hf.data import DataError, StreamSegments, load_text_datasets
 from rnn_lm_hf.hub import check_model_source
-from rnn_lm_hf.tagging_data import DataFormatError, read_conll, tokenize_and_align_labels
+from rnn_lm_hf.tagging_data import read_conll, tokenize_and_align_labels
 from rnn_lm_hf.tokenization import check_special_tokens, train_tokenizer, word_tokenizer_from_vocab
 from rnn_lm_hf.training import train_clm, train_sequence_classification, train_token_classification
 
@@ -77,9 +77,9 @@ API_ROWS = {
     # ----- data loading -----
     "data-missing-file": (lambda tmp: load_text_datasets(train_file=str(tmp / "nope.txt")), DataError, ["train_file", "nope.txt", "no such file"]),
     "data-block-size": (lambda tmp: StreamSegments(torch.arange(10), bptt=35, per_device_batch_size=4), DataError, ["block_size=35", "9 tokens", "lower block_size"]),
-    "data-conll-columns": (lambda tmp: read_conll(write(tmp / "t.conll", "a\tB-X\nb\tO\tO\n")), DataFormatError, ["t.conll:2", "3 column(s)", "one tab"]),
-    "data-tags-per-token": (lambda tmp: tokenize_and_align_labels({"tokens": [["Tom", "works"]], "tags": [["B-PER"]]}, word_tokenizer_from_vocab(["Tom", "works"]), {"B-PER": 0}), DataFormatError, ["'Tom works'", "2 tokens but 1 tags", "exactly one tag"]),
-    "data-unknown-class": (lambda tmp: read_classification_file(write(tmp / "d.tsv", "sentence\tlabel\nfine\tmaybe\n"), label_names=["neg", "pos"]), DataFormatError, ["d.tsv:2", "'maybe'", "--label_values"]),
+    "data-conll-columns": (lambda tmp: read_conll(write(tmp / "t.conll", "a\tB-X\nb\tO\tO\n")), DataError, ["t.conll:2", "3 column(s)", "one tab"]),
+    "data-tags-per-token": (lambda tmp: tokenize_and_align_labels({"tokens": [["Tom", "works"]], "tags": [["B-PER"]]}, word_tokenizer_from_vocab(["Tom", "works"]), {"B-PER": 0}), DataError, ["'Tom works'", "2 tokens but 1 tags", "exactly one tag"]),
+    "data-unknown-class": (lambda tmp: read_classification_file(write(tmp / "d.tsv", "sentence\tlabel\nfine\tmaybe\n"), label_names=["neg", "pos"]), DataError, ["d.tsv:2", "'maybe'", "--label_values"]),
     # ----- Hub loading -----
     "hub-missing-folder": (lambda tmp: check_model_source("./runs/lm_wikitxt2"), FileNotFoundError, ["./runs/lm_wikitxt2", "no such model folder", "org/name"]),
 }  # fmt: skip

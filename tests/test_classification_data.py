@@ -14,7 +14,7 @@ from rnn_lm_hf.classification_data import (
     read_classification_file,
     sort_labels,
 )
-from rnn_lm_hf.tagging_data import DataFormatError
+from rnn_lm_hf.data import DataError
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -110,26 +110,26 @@ def test_sort_labels():
 
 def test_missing_label_column_names_columns_found(tmp_path):
     path = _write(tmp_path, "test.tsv", "index\tsentence\n0\tuneasy mishmash .\n")
-    with pytest.raises(DataFormatError, match=r"test\.tsv: no label column .*columns found: \['index', 'sentence'\]"):
+    with pytest.raises(DataError, match=r"test\.tsv: no label column .*columns found: \['index', 'sentence'\]"):
         read_classification_file(path)
-    with pytest.raises(DataFormatError, match=r"no text column 'review'; columns found"):
+    with pytest.raises(DataError, match=r"no text column 'review'; columns found"):
         read_classification_file(path, text_column="review", labeled=False)
     jsonl = _write(tmp_path, "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n')
-    with pytest.raises(DataFormatError, match=r"d\.jsonl:2: missing 'text' or 'label'"):
+    with pytest.raises(DataError, match=r"d\.jsonl:2: missing 'text' or 'label'"):
         read_classification_file(jsonl)
 
 
 def test_unknown_label_names_file_and_line(tmp_path):
     train = _write(tmp_path, "train.tsv", "sentence\tlabel\na\t0\nb\t1\n")
     dev = _write(tmp_path, "dev.tsv", "sentence\tlabel\nc\t1\nd\t2\n")
-    with pytest.raises(DataFormatError, match=r"dev\.tsv:3: unknown label '2' \(known: \['0', '1'\]\)"):
+    with pytest.raises(DataError, match=r"dev\.tsv:3: unknown label '2' \(known: \['0', '1'\]\)"):
         load_classification_dataset({"train": train, "validation": dev})
-    with pytest.raises(DataFormatError, match=r"dev\.tsv:3: unknown label '2'"):
+    with pytest.raises(DataError, match=r"dev\.tsv:3: unknown label '2'"):
         read_classification_file(dev, label_names=["0", "1"])
 
 
 def test_bad_encoding_names_file_and_fix(polarity):
-    with pytest.raises(DataFormatError, match=r"reviews\.(neg|pos):2: not valid utf-8 .*--encoding latin-1"):
+    with pytest.raises(DataError, match=r"reviews\.(neg|pos):2: not valid utf-8 .*--encoding latin-1"):
         read_class_files(polarity)
 
 
@@ -149,17 +149,17 @@ def test_bad_encoding_names_file_and_fix(polarity):
     ],
 )
 def test_file_errors(tmp_path, name, text, match):
-    with pytest.raises(DataFormatError, match=match):
+    with pytest.raises(DataError, match=match):
         read_classification_file(_write(tmp_path, name, text))
 
 
 def test_class_file_errors(tmp_path, polarity):
     _write(polarity, "reviews.neg", "")
-    with pytest.raises(DataFormatError, match=r"reviews\.neg: empty file"):
+    with pytest.raises(DataError, match=r"reviews\.neg: empty file"):
         read_class_files(polarity, encoding="latin-1")
     _write(polarity, "other.a", "x\n")
     _write(polarity, "other.b", "y\n")
-    with pytest.raises(DataFormatError, match=r"can't tell which files hold the classes .*classes="):
+    with pytest.raises(DataError, match=r"can't tell which files hold the classes .*classes="):
         read_class_files(polarity, encoding="latin-1")
     assert len(read_class_files(polarity, classes=["a", "b"])) == 2
     with pytest.raises(ValueError, match="file_format must be one of"):
@@ -205,7 +205,7 @@ def test_kfold_errors():
         next(kfold_splits(_toy(), k=1))
     with pytest.raises(ValueError, match="k must be between 2"):
         next(kfold_splits(_toy(2, 1), k=4))
-    with pytest.raises(DataFormatError, match="no 'label' column to stratify on"):
+    with pytest.raises(DataError, match="no 'label' column to stratify on"):
         next(kfold_splits(_toy().remove_columns("label"), k=2))
 
 
@@ -216,7 +216,7 @@ def test_rt_polarity_real_data():
     folder = _shared("rt-polarity")
     dataset = read_class_files(folder, encoding="latin-1")
     assert dataset["label"].count("pos") == 5331 and dataset["label"].count("neg") == 5331
-    with pytest.raises(DataFormatError, match="--encoding latin-1"):
+    with pytest.raises(DataError, match="--encoding latin-1"):
         read_class_files(folder)  # the files are not UTF-8
     sizes = [len(fold["test"]) for fold in kfold_splits(dataset, k=10)]
     assert sum(sizes) == 10662 and set(sizes) <= {1066, 1067}

@@ -26,7 +26,9 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import pipeline
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
-from rnn_lm_hf.hub import PublishError, main, publish, validate_folder, write_model_card
+from rnn_lm_hf.cli import main
+from rnn_lm_hf.hub import PublishError, publish, validate_folder
+from rnn_lm_hf.model_card import write_model_card
 from rnn_lm_hf.run_info import save_run_info
 from rnn_lm_hf.tokenization import train_tokenizer
 from tests.conftest import TINY_TEXT
@@ -241,7 +243,7 @@ def test_card_refuses_disagreeing_metrics_files(model_dir):
 
 def test_card_command_regenerates_the_card(model_dir, capsys):
     (model_dir / "README.md").unlink()
-    assert main(["card", str(model_dir), "--repo-id", "someone/else"]) == 0
+    assert main(["card", str(model_dir), "--repo_id", "someone/else"]) == 0
     assert 'from_pretrained("someone/else", trust_remote_code=True)' in (model_dir / "README.md").read_text()
     assert main(["check", str(model_dir)]) == 0
     assert set(capsys.readouterr().out.split()) >= {"README.md", "model.safetensors"}

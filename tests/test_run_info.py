@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForTokenClassification
-from rnn_lm_hf.hub import redact, write_model_card
-from rnn_lm_hf.run_info import command_line, is_secret, public_arguments, save_run_info
+from rnn_lm_hf.model_card import write_model_card
+from rnn_lm_hf.run_info import command_line, is_secret, public_arguments, redact, save_run_info
 from rnn_lm_hf.tokenization import train_tokenizer
 
 

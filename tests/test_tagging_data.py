@@ -9,9 +9,9 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerFast
 
+from rnn_lm_hf.data import DataError
 from rnn_lm_hf.tagging_data import (
     IGNORE_INDEX,
-    DataFormatError,
     build_label_maps,
     label_list,
     load_tagging_dataset,
@@ -116,20 +116,20 @@ def test_read_conllu_fixture(caplog):
 
 def test_unknown_label_names_file_line_and_fix(tmp_path):
     path = _write(tmp_path, "Paris\tB-LOC\nrocks\tO\n\nBob\tB-PERSON\n")
-    with pytest.raises(DataFormatError, match=r"data\.conll:4: unknown label 'B-PERSON'.*--unknown_label O"):
+    with pytest.raises(DataError, match=r"data\.conll:4: unknown label 'B-PERSON'.*--unknown_label O"):
         read_conll(path, labels=LABELS)
     assert read_conll(path, labels=LABELS, unknown_label="O")["tags"] == [["B-LOC", "O"], ["O"]]
     with pytest.raises(ValueError, match="unknown_label 'X' is not one of the labels"):
         read_conll(path, labels=LABELS, unknown_label="X")
     conllu = _write(tmp_path, "1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n", "x.conllu")
-    with pytest.raises(DataFormatError, match=r"x\.conllu:1: unknown label 'INTJ'"):
+    with pytest.raises(DataError, match=r"x\.conllu:1: unknown label 'INTJ'"):
         read_conllu(conllu, labels=["NOUN"])
 
 
 def test_load_tagging_dataset_uses_train_labels(tmp_path):
     train = _write(tmp_path, "Paris\tB-LOC\nrocks\tO\n", "train.conll")
     dev = _write(tmp_path, "Bob\tB-PER\n", "dev.conll")
-    with pytest.raises(DataFormatError, match=r"dev\.conll:1: unknown label 'B-PER'"):
+    with pytest.raises(DataError, match=r"dev\.conll:1: unknown label 'B-PER'"):
         load_tagging_dataset({"train": train, "validation": dev})
     splits = load_tagging_dataset({"validation": dev, "train": train}, unknown_label="O")
     assert list(splits) == ["validation", "train"] and splits["validation"]["tags"] == [["O"]]
@@ -151,18 +151,18 @@ def test_load_tagging_dataset_uses_train_labels(tmp_path):
     ],
 )
 def test_read_conll_errors(tmp_path, text, kwargs, match):
-    with pytest.raises(DataFormatError, match=match):
+    with pytest.raises(DataError, match=match):
         read_conll(_write(tmp_path, text), **kwargs)
 
 
 def test_read_errors_bad_encoding_and_conllu_layout(tmp_path):
     latin1 = _write(tmp_path, "ok\tO\n\ncaf\u00e9\tO\n", encoding="latin-1")
-    with pytest.raises(DataFormatError, match=r"data\.conll:3: not valid utf-8 \(byte 0xe9\).*--encoding latin-1"):
+    with pytest.raises(DataError, match=r"data\.conll:3: not valid utf-8 \(byte 0xe9\).*--encoding latin-1"):
         read_conll(latin1)
     assert read_conll(latin1, encoding="latin-1")["tokens"][1] == ["caf\u00e9"]
-    with pytest.raises(DataFormatError, match="unknown encoding"):
+    with pytest.raises(DataError, match="unknown encoding"):
         read_conll(latin1, encoding="no-such-codec")
-    with pytest.raises(DataFormatError, match=r"x\.conllu:2: 2 tab-separated column\(s\), CoNLL-U needs 10"):
+    with pytest.raises(DataError, match=r"x\.conllu:2: 2 tab-separated column\(s\), CoNLL-U needs 10"):
         read_conllu(_write(tmp_path, "# c\nword\tNOUN\n", "x.conllu"))
     with pytest.raises(ValueError, match="tag must be one of"):
         read_conllu(FIXTURES / "tiny.conllu", tag="deprel")
@@ -328,13 +328,13 @@ def test_align_truncation_unlabeled_and_errors(wordpiece):
     assert all(len(ids) == len(labels) for ids, labels in zip(truncated["input_ids"], truncated["labels"]))
     unlabeled = tokenize_and_align_labels({"tokens": _batch()["tokens"]}, tokenizer, LABEL2ID)
     assert "labels" not in unlabeled
-    with pytest.raises(DataFormatError, match=r"unknown label 'B-MISC' in sentence 'New York'.*--unknown_label O"):
+    with pytest.raises(DataError, match=r"unknown label 'B-MISC' in sentence 'New York'.*--unknown_label O"):
         tokenize_and_align_labels({"tokens": [["New", "York"]], "tags": [["B-MISC", "O"]]}, tokenizer, LABEL2ID)
     with pytest.raises(ValueError, match="batched=True"):
         tokenize_and_align_labels({"tokens": ["New", "York"], "tags": ["B-LOC", "I-LOC"]}, tokenizer, LABEL2ID)
     # Tags of another length than the tokens would tag the wrong words (or end in an IndexError).
     for tags in (["B-LOC"], ["B-LOC", "I-LOC", "O"]):
-        with pytest.raises(DataFormatError, match=rf"'New York' has 2 tokens but {len(tags)} tags: give every token"):
+        with pytest.raises(DataError, match=rf"'New York' has 2 tokens but {len(tags)} tags: give every token"):
             tokenize_and_align_labels({"tokens": [["New", "York"]], "tags": [tags]}, tokenizer, LABEL2ID)
 
 

@@ -199,9 +199,10 @@ def test_killed_run_resumes_with_same_data_order_and_state(tmp_path, corpus):
 
 
 def checksums(output: str) -> dict[int, float]:
+    # The two processes share one pipe, so another process's output can follow a number without a newline.
     return {
         int(rank): float(value)
-        for rank, value in re.findall(r"\[replica (\d+)/\d+\] parameter checksum (\S+)", output)
+        for rank, value in re.findall(r"\[replica (\d+)/\d+\] parameter checksum ([-+]?[0-9.]+e[-+][0-9]+)", output)
     }
 
 

@@ -10,16 +10,9 @@ from transformers import TrainerState, TrainingArguments
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
 from rnn_lm_hf.tokenization import word_tokenizer_from_vocab
 from rnn_lm_hf.training import train_sequence_classification, train_token_classification
-from rnn_lm_hf.training.transfer import (
-    GradualUnfreezingCallback,
-    ModelArguments,
-    TransferArguments,
-    TransferTrainer,
-    apply_config_overrides,
-    build_model,
-    layer_groups,
-    parse_args,
-)
+from rnn_lm_hf.training.finetuning import GradualUnfreezingCallback, TransferArguments, TransferTrainer, layer_groups
+from rnn_lm_hf.training.scaffold import ModelArguments, build_model
+from rnn_lm_hf.training.scaffold import parse_script_args as parse_args
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -80,7 +73,7 @@ def test_build_model_from_lm_keeps_architecture(lm_folder, head):
 
 def test_apply_config_overrides_sets_none_fields_and_validates():
     config = RNNLMConfig()
-    apply_config_overrides(config, "embedding_size=8,classifier_dropout=0.25,bidirectional=true,cell_type=gru")
+    config.update_from_string("embedding_size=8,classifier_dropout=0.25,bidirectional=true,cell_type=gru")
     assert (config.embedding_size, config.classifier_dropout, config.bidirectional, config.cell_type) == (
         8,
         0.25,
@@ -88,9 +81,9 @@ def test_apply_config_overrides_sets_none_fields_and_validates():
         "gru",
     )
     with pytest.raises(ValueError, match="'hidden=3'.*a field of RNNLMConfig"):
-        apply_config_overrides(config, "hidden=3")
+        config.update_from_string("hidden=3")
     with pytest.raises(ValueError, match="cell_type"):
-        apply_config_overrides(config, "cell_type=transformer")
+        config.update_from_string("cell_type=transformer")
 
 
 def test_fine_tune_tagger_from_lm_with_gradual_unfreezing(lm_folder, tmp_path):

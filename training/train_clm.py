@@ -20,21 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-import transformers
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    EarlyStoppingCallback,
-    TrainingArguments,
-    default_data_collator,
-    pipeline,
-    set_seed,
-)
+from transformers import TrainingArguments, default_data_collator, pipeline, set_seed
 
-from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM
-from rnn_lm_hf.cli import CLM_DEFAULTS, RunArguments, apply_run_arguments, parse_script_args, run_main
+from rnn_lm_hf import RNNLMForCausalLM
 from rnn_lm_hf.data import (
     StreamSegments,
     eval_stream_segments,
@@ -44,16 +32,18 @@ from rnn_lm_hf.data import (
 )
 from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_demo_corpus
 from rnn_lm_hf.evaluation import fresh_start_perplexities
-from rnn_lm_hf.hub import check_model_source, finish_run
+from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
-from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
-from rnn_lm_hf.trainer import (
-    CSVLogCallback,
-    GradientHealthCallback,
-    RNNLMTrainer,
-    RNNLMTrainingArguments,
-    TimeBudgetCallback,
-    last_complete_checkpoint,
+from rnn_lm_hf.trainer import RNNLMTrainer, RNNLMTrainingArguments, last_complete_checkpoint
+from rnn_lm_hf.training.scaffold import (
+    CLM_DEFAULTS,
+    ModelArguments,
+    RunArguments,
+    build_model,
+    get_tokenizer,
+    parse_script_args,
+    run_main,
+    start_run,
 )
 
 
@@ -61,40 +51,6 @@ logger = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.json"
 DEMO_DATASET = "rnn_lm_hf built-in agreement corpus (rnn_lm_hf.demo_corpus)"
 DEMO_PROMPTS = ["the writer of the books", "the keys to the cabinet", "the doctors that the author likes"]
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "A saved RNN-LM folder or Hub id to continue from; omit to train from scratch."},
-    )
-    config_name: str | None = field(default=None, metadata={"help": "A config.json (folder) for a new model."})
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": 'Override config fields of a new model: "cell_type=gru,hidden_size=256,num_hidden_layers=2".'
-        },
-    )
-    tokenizer_name: str | None = field(default=None, metadata={"help": "A saved tokenizer folder or Hub id."})
-    tokenizer_kind: str = field(
-        default="word",
-        metadata={"help": f"Tokenizer trained on the train split when none is given: {TOKENIZER_KINDS}."},
-    )
-    tokenizer_vocab_size: int | None = field(
-        default=None, metadata={"help": "Cap on learned tokens (word/char: most frequent kept; bpe: merges)."}
-    )
-    lowercase: bool = field(default=False, metadata={"help": "Lowercase text in the trained tokenizer."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code when loading by repo id."})
-
-    def __post_init__(self):
-        if self.tokenizer_kind not in TOKENIZER_KINDS:
-            raise ValueError(f"--tokenizer_kind must be one of {TOKENIZER_KINDS}, got {self.tokenizer_kind!r}.")
-        if self.config_overrides is not None and self.model_name_or_path is not None:
-            raise ValueError("--config_overrides only applies to a new model: drop it or --model_name_or_path.")
-        for option in ("model_name_or_path", "config_name", "tokenizer_name"):
-            if getattr(self, option) is not None:  # a missing local folder fails now, not after Hub retries
-                check_model_source(getattr(self, option), option)
 
 
 @dataclass
@@ -122,31 +78,12 @@ class DataArguments:
     )
     num_samples: int = field(default=3, metadata={"help": "Generated samples printed after training."})
     demo_sentences: int = field(default=20000, metadata={"help": "Built-in corpus size when no data is given."})
-    early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after this many evaluations without improvement (needs eval)."}
-    )
-    max_train_minutes: float | None = field(
-        default=None,
-        metadata={
-            "help": "Stop training after this many minutes (checkpoint and evaluation first); no limit if unset."
-        },
-    )
-    lr_decay: float | None = field(
-        default=None, metadata={"help": "Multiply the learning rate by this at each epoch from lr_decay_start_epoch."}
-    )
-    lr_decay_start_epoch: int = field(
-        default=1, metadata={"help": "Epochs at the initial learning rate (Zaremba: 4)."}
-    )
 
     def __post_init__(self):
         if self.block_size < 1:
             raise ValueError(f"--block_size must be a positive int, got {self.block_size}.")
-        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
-            raise ValueError(f"--max_train_minutes must be > 0, got {self.max_train_minutes}.")
         if self.variable_bptt and not self.stateful:
             raise ValueError("--variable_bptt cuts the carried streams: it needs --stateful true.")
-        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
-            raise ValueError(f"--lr_decay must be in (0, 1], got {self.lr_decay}.")
 
     @property
     def is_demo(self) -> bool:
@@ -155,7 +92,7 @@ class DataArguments:
 
 def parse_arguments(
     argv: list[str] | None,
-) -> tuple[ModelArguments, DataArguments, TrainingArguments, RunArguments]:
+) -> tuple[ModelArguments, DataArguments, RNNLMTrainingArguments, RunArguments]:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # never a silent demo run over outputs/rnn-lm-demo
         raise ValueError(
@@ -163,40 +100,6 @@ def parse_arguments(
             "file such as training/configs/ptb_small_zaremba.json; `rnn-lm demo` trains the built-in demo"
         )
     return parse_script_args((ModelArguments, DataArguments, RNNLMTrainingArguments, RunArguments), argv, CLM_DEFAULTS)
-
-
-def load_tokenizer_and_model(model_args: ModelArguments, train_texts):
-    """From a folder / Hub id, or new: a tokenizer trained on the train split and a config from the defaults."""
-    remote = {"trust_remote_code": model_args.trust_remote_code}
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    if tokenizer_source is not None:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, **remote)
-    else:
-        tokenizer = train_tokenizer(
-            train_texts,
-            kind=model_args.tokenizer_kind,
-            vocab_size=model_args.tokenizer_vocab_size,
-            lowercase=model_args.lowercase,
-        )
-    if model_args.model_name_or_path is not None:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **remote)
-        if len(tokenizer) > model.config.vocab_size:
-            raise ValueError(
-                f"The tokenizer has {len(tokenizer)} tokens but the model {model_args.model_name_or_path} only "
-                f"{model.config.vocab_size}: use the tokenizer saved with the model (drop --tokenizer_name), or "
-                "resize the model with model.resize_token_embeddings(len(tokenizer)) first."
-            )
-        return tokenizer, model
-    config = AutoConfig.from_pretrained(model_args.config_name) if model_args.config_name else RNNLMConfig()
-    if model_args.config_overrides:
-        config.update_from_string(model_args.config_overrides)
-    config.vocab_size = len(tokenizer)
-    config.pad_token_id, config.bos_token_id, config.eos_token_id = (
-        tokenizer.pad_token_id,
-        tokenizer.bos_token_id,
-        tokenizer.eos_token_id,
-    )
-    return tokenizer, RNNLMForCausalLM(config)
 
 
 def build_datasets(raw, tokenizer, data_args: DataArguments, training_args: TrainingArguments) -> dict:
@@ -241,17 +144,10 @@ def generate_samples(model, tokenizer, prompts: list[str], seed: int) -> list[st
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args, run_args = parse_arguments(argv)
     started = time.time()
-    apply_run_arguments(run_args, training_args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    log_level = training_args.get_process_log_level()
-    for library in (datasets.utils.logging, transformers.utils.logging):
-        library.set_verbosity(log_level)
-    logger.setLevel(log_level)
-    set_seed(training_args.seed)
+    push_to_hub = start_run(training_args, run_args)
+    logger.setLevel(training_args.get_process_log_level())
     # Stateful batches carry keys the model does not take (shift_labels, stream ids): keep them.
     training_args.remove_unused_columns = False
-    # Published once at the end with the card (rnn_lm_hf.hub.publish), not checkpoint by checkpoint by Trainer.
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     is_demo = data_args.is_demo
     if is_demo:
@@ -275,19 +171,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sample_by=data_args.sample_by,
         keep_linebreaks=data_args.keep_linebreaks,
     )
-    tokenizer, model = load_tokenizer_and_model(model_args, raw["train"][data_args.text_column])
+    tokenizer = get_tokenizer(model_args, lambda: raw["train"][data_args.text_column])
+    model = build_model(RNNLMForCausalLM, model_args, tokenizer)
     splits = build_datasets(raw, tokenizer, data_args, training_args)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"{model.config.cell_type.upper()} LM, {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
 
-    callbacks = [
-        GradientHealthCallback(run_args.on_nonfinite),  # first: its count reaches the CSV log
-        CSVLogCallback(Path(training_args.output_dir) / "training_log.csv"),
-    ]
-    if data_args.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data_args.early_stopping_patience))
-    if data_args.max_train_minutes is not None:
-        callbacks.append(TimeBudgetCallback(data_args.max_train_minutes))
     trainer = RNNLMTrainer(
         model=model,
         args=training_args,
@@ -295,9 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=splits.get("validation"),
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=callbacks,
-        lr_decay=data_args.lr_decay,
-        lr_decay_start_epoch=data_args.lr_decay_start_epoch,
+        callbacks=run_args.callbacks(training_args.output_dir),
     )
 
     metrics: dict[str, float] = {}

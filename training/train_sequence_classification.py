@@ -33,22 +33,18 @@ from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
 from rnn_lm_hf import RNNLMForSequenceClassification
 from rnn_lm_hf.classification_data import kfold_splits, load_classification_dataset
-from rnn_lm_hf.cli import RunArguments, run_main
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
-from rnn_lm_hf.trainer import GradientHealthCallback
-from rnn_lm_hf.training.transfer import (
-    ModelArguments,
+from rnn_lm_hf.training.finetuning import (
     SplitArguments,
     TransferArguments,
     TransferTrainer,
-    build_model,
     checkpoint_labels,
-    get_tokenizer,
-    start_run,
+    start_finetuning,
     train_evaluate_predict,
 )
+from rnn_lm_hf.training.scaffold import ModelArguments, RunArguments, build_model, get_tokenizer, run_main
 
 
 logger = logging.getLogger(__name__)
@@ -167,7 +163,7 @@ def train_and_evaluate(
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=make_compute_metrics(len(label_names)),
         transfer_args=transfer_args,
-        callbacks=[GradientHealthCallback(run_args.on_nonfinite)],
+        callbacks=run_args.callbacks(training_args.output_dir),
     )
     metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))
     if output is not None and trainer.is_world_process_zero():
@@ -206,7 +202,7 @@ def cross_validate(raw, model_args, data_args, transfer_args, training_args, run
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
-    model_args, data_args, transfer_args, training_args, run_args, push_to_hub = start_run(DataArguments, argv)
+    model_args, data_args, transfer_args, training_args, run_args, push_to_hub = start_finetuning(DataArguments, argv)
     if training_args.do_train and data_args.train_file is None:
         raise ValueError("--do_train needs --train_file")
     if training_args.do_eval and not (data_args.validation_file or data_args.validation_split_percentage):

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import datasets
 import evaluate
-from transformers import DataCollatorForTokenClassification, set_seed
+from transformers import DataCollatorForTokenClassification
 
 from rnn_lm_hf import RNNLMForTokenClassification
-from rnn_lm_hf.cli import run_main
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.metrics import metric_path
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
@@ -40,16 +39,14 @@ from rnn_lm_hf.tagging_data import (
     strip_ignored,
     tokenize_and_align_labels,
 )
-from rnn_lm_hf.trainer import GradientHealthCallback
-from rnn_lm_hf.training.transfer import (
+from rnn_lm_hf.training.finetuning import (
     SplitArguments,
     TransferTrainer,
-    build_model,
     checkpoint_labels,
-    get_tokenizer,
-    start_run,
+    start_finetuning,
     train_evaluate_predict,
 )
+from rnn_lm_hf.training.scaffold import build_model, get_tokenizer, run_main
 
 
 logger = logging.getLogger(__name__)
@@ -209,8 +206,7 @@ def write_predictions(path: Path, sentences: list[list[str]], gold: list[list[st
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     start = time.perf_counter()
-    model_args, data_args, transfer_args, training_args, run_args, push_to_hub = start_run(DataArguments, argv)
-    set_seed(training_args.seed)
+    model_args, data_args, transfer_args, training_args, run_args, push_to_hub = start_finetuning(DataArguments, argv)
     for flag, option in (("do_train", "train_file"), ("do_eval", "validation_file"), ("do_predict", "test_file")):
         if getattr(training_args, flag) and getattr(data_args, option) is None:
             raise ValueError(f"--{flag} needs --{option}")
@@ -254,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # Keep argmax ids, not (batch, seq_len, num_labels) logits, across the eval loop.
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
         transfer_args=transfer_args,
-        callbacks=[GradientHealthCallback(run_args.on_nonfinite)],
+        callbacks=run_args.callbacks(training_args.output_dir),
     )
 
     metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))

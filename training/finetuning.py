@@ -1,107 +1,28 @@
-"""What the fine-tuning scripts share: argument parsing, model arguments, the tokenizer, a tagging/classification head
-built from scratch or from a causal-LM checkpoint, and ULMFiT's two fine-tuning tricks (Howard & Ruder 2018,
-https://arxiv.org/abs/1801.06146).
+"""What the tagger and classifier scripts share beyond the common scaffold (`scaffold.py`): the data-split options,
+the run_ner/run_glue train-evaluate-predict sequence, and ULMFiT's two fine-tuning tricks (Howard & Ruder 2018,
+https://arxiv.org/abs/1801.06146), both off by default.
 
-- Transfer: `from_pretrained` of an LM folder into a head class loads the embeddings and recurrent layers (the shared
-  `model.*` weights) and initialises the new head; `lm_head`/`projection` are left unused.
 - Discriminative fine-tuning: each layer group gets its own learning rate, `lr / decay**depth` counted from the top
   (ULMFiT uses decay 2.6), because lower layers hold more general features that need less change.
 - Gradual unfreezing: the first epoch trains the head only, and every later epoch unfreezes the next group down,
   to avoid catastrophic forgetting of the pretrained layers.
 
-Layer groups, top first: head, recurrent layer N-1, ..., recurrent layer 0, embeddings.
+Layer groups, top first: head, recurrent layer N-1, ..., recurrent layer 0, embeddings. Loading a causal-LM folder
+into a head (transfer) is `scaffold.build_model`.
 """
 
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import transformers
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from rnn_lm_hf import RNNLMConfig
-from rnn_lm_hf.cli import FINETUNE_DEFAULTS, RunArguments, apply_run_arguments
-from rnn_lm_hf.cli import parse_script_args as parse_args  # noqa: F401 (the scripts' shared parser)
-from rnn_lm_hf.hub import check_model_source
-from rnn_lm_hf.tokenization import TOKENIZER_KINDS, load_tokenizer, train_tokenizer
+from rnn_lm_hf.training.scaffold import FINETUNE_DEFAULTS, ModelArguments, RunArguments, parse_script_args, start_run
 
 
 logger = logging.getLogger(__name__)
-
-# Fields that shape or define the pretrained weights: overriding them would silently break the transfer.
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "embedding_size",
-    "num_hidden_layers",
-    "cell_type",
-    "rnn_nonlinearity",
-    "bidirectional",
-    "output_projection",
-)
-
-
-@dataclass
-class ModelArguments:
-    """Which model and tokenizer to fine-tune, or how to build them from scratch (the same in both scripts)."""
-
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "An RNN-LM folder to start from: a causal-LM checkpoint (transfer: its embeddings and recurrent "
-            "layers are loaded, the head is new) or a fine-tuned head; its tokenizer is used. Unset: from scratch."
-        },
-    )
-    config_name: str | None = field(
-        default=None, metadata={"help": "From scratch: an RNNLMConfig folder or config.json (default: RNNLMConfig())."}
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Comma-separated config fields, e.g. 'hidden_size=256,cell_type=gru,bidirectional=true'. With "
-            "--model_name_or_path only non-architecture fields (dropout, classifier_dropout, classifier_pooling)."
-        },
-    )
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "A saved tokenizer folder (default: the one in --model_name_or_path)."}
-    )
-    tokenizer_kind: str = field(
-        default="word",
-        metadata={"help": f"From scratch, the tokenizer trained on the train split: one of {TOKENIZER_KINDS}."},
-    )
-    tokenizer_vocab_size: int | None = field(
-        default=None,
-        metadata={"help": "From scratch: most tokens the tokenizer learns, not counting 4 specials (default: all)."},
-    )
-    min_frequency: int = field(
-        default=1,
-        metadata={"help": "From scratch: drop rarer types. 2 gives <unk> training examples for unseen test words."},
-    )
-    lowercase: bool = field(default=False, metadata={"help": "From scratch: the new tokenizer lowercases its input."})
-    zero_init_head: bool = field(
-        default=True,
-        metadata={
-            "help": "With --model_name_or_path: start the weights the checkpoint lacks (the new head) at zero, as BiT "
-            "does (Kolesnikov et al. 2020): predictions start uniform, and the large random gradients of a random head "
-            "do not disturb the pretrained encoder in the first steps."
-        },
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False,
-        metadata={"help": "Re-initialise checkpoint weights whose shape differs (a head with another label set)."},
-    )
-
-    def __post_init__(self):
-        if self.tokenizer_kind not in TOKENIZER_KINDS:
-            raise ValueError(
-                f"--tokenizer_kind must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer_kind!r}"
-            )
-        if self.config_name and self.model_name_or_path:
-            raise ValueError("--config_name builds a new model: leave it out with --model_name_or_path")
-        for option in ("model_name_or_path", "config_name", "tokenizer_name"):
-            if getattr(self, option) is not None:
-                check_model_source(getattr(self, option), option)
 
 
 @dataclass
@@ -168,18 +89,12 @@ class TransferArguments:
             raise ValueError(f"--layerwise_lr_decay must be > 0 (ULMFiT: 2.6), got {self.layerwise_lr_decay}")
 
 
-def start_run(data_arguments: type, argv: list[str] | None) -> tuple:
-    """Both scripts' start: (model, data, transfer, training, run) arguments with `FINETUNE_DEFAULTS`, threads,
-    logging, and whether to push to the Hub. Trainer's own push is turned off (it would push every checkpoint):
-    `hub.finish_run` publishes once, with the card."""
-    model_args, data_args, transfer_args, training_args, run_args = parse_args(
-        (ModelArguments, data_arguments, TransferArguments, TrainingArguments, RunArguments), argv, FINETUNE_DEFAULTS
-    )
-    apply_run_arguments(run_args, training_args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
-    return model_args, data_args, transfer_args, training_args, run_args, push_to_hub
+def start_finetuning(data_arguments: type, argv: list[str] | None) -> tuple:
+    """The tagger and classifier scripts' start: (model, data, transfer, training, run) arguments parsed with
+    `FINETUNE_DEFAULTS`, then `scaffold.start_run`; the last item is whether to push to the Hub."""
+    dataclass_types = (ModelArguments, data_arguments, TransferArguments, TrainingArguments, RunArguments)
+    arguments = parse_script_args(dataclass_types, argv, FINETUNE_DEFAULTS)
+    return (*arguments, start_run(arguments[3], arguments[4]))
 
 
 def checkpoint_labels(model_args: ModelArguments, head: str) -> list[str]:
@@ -188,93 +103,6 @@ def checkpoint_labels(model_args: ModelArguments, head: str) -> list[str]:
         raise ValueError(f"without --train_file, pass a fine-tuned {head} as --model_name_or_path")
     id2label = RNNLMConfig.from_pretrained(model_args.model_name_or_path).id2label
     return [id2label[i] for i in range(len(id2label))]
-
-
-def apply_config_overrides(config: RNNLMConfig, overrides: str | None) -> None:
-    """`--config_overrides` on a config (RNNLMConfig.update_from_string also sets None-default fields, validates)."""
-    if overrides:
-        config.update_from_string(overrides)
-
-
-def get_tokenizer(model_args: ModelArguments, train_texts) -> PreTrainedTokenizerFast:
-    """The tokenizer of `--tokenizer_name`/`--model_name_or_path`, or a new one trained on `train_texts` (a callable
-    returning an iterable of strings, so nothing is read when a saved tokenizer is used)."""
-    source = model_args.tokenizer_name or model_args.model_name_or_path
-    if source:
-        return load_tokenizer(source)
-    return train_tokenizer(
-        train_texts(),
-        kind=model_args.tokenizer_kind,
-        vocab_size=model_args.tokenizer_vocab_size,
-        min_frequency=model_args.min_frequency,
-        lowercase=model_args.lowercase,
-    )
-
-
-def build_model(
-    model_class: type[PreTrainedModel],
-    model_args: ModelArguments,
-    tokenizer: PreTrainedTokenizerFast,
-    id2label: dict[int, str],
-) -> PreTrainedModel:
-    """A head of `model_class` with the data's labels: new (config defaults, `--config_name`, then overrides; the
-    vocabulary from the tokenizer), or loaded from `--model_name_or_path`, an LM folder (transfer) or a head."""
-    model_name_or_path, config_overrides = model_args.model_name_or_path, model_args.config_overrides
-    label2id = {label: i for i, label in id2label.items()}
-    if model_name_or_path is None:
-        config = RNNLMConfig.from_pretrained(model_args.config_name) if model_args.config_name else RNNLMConfig()
-        apply_config_overrides(config, config_overrides)
-        config.vocab_size = len(tokenizer)
-        config.id2label, config.label2id = id2label, label2id
-        config.check_architecture()
-        return model_class(config)
-
-    config = RNNLMConfig.from_pretrained(model_name_or_path)
-    changed = [key.split("=")[0].strip() for key in (config_overrides or "").split(",") if key.strip()]
-    if blocked := [key for key in changed if key in ARCHITECTURE_FIELDS]:
-        raise ValueError(
-            f"--config_overrides: {', '.join(blocked)} would change the architecture of the checkpoint "
-            f"{model_name_or_path}; when loading one, override only other fields (dropout, classifier_dropout, "
-            "classifier_pooling)"
-        )
-    apply_config_overrides(config, config_overrides)
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but {model_name_or_path} embeds {config.vocab_size}; use the "
-            "tokenizer saved with the checkpoint (leave --tokenizer_name unset)"
-        )
-    saved = [config.id2label[i] for i in sorted(config.id2label)]
-    if model_class.__name__ in (config.architectures or []) and not model_args.ignore_mismatched_sizes:
-        # A fine-tuned head of this kind: its label ids must mean the same (an LM folder's new head has none).
-        if len(saved) != len(id2label):
-            raise ValueError(
-                f"{model_name_or_path} has a head for {len(saved)} labels {saved}, but the data has {len(id2label)} "
-                f"{list(id2label.values())}: pass --ignore_mismatched_sizes to start a new head, or use data with "
-                "the checkpoint's labels"
-            )
-        if saved != list(id2label.values()):
-            logger.warning("Label names change from %s (checkpoint) to %s (data), id by id", saved, id2label)
-    config.id2label, config.label2id = id2label, label2id
-    model, info = model_class.from_pretrained(
-        model_name_or_path,
-        config=config,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        output_loading_info=True,
-    )
-    if model_args.zero_init_head:
-        parameters = dict(model.named_parameters())
-        for name in info["missing_keys"]:
-            nn.init.zeros_(parameters[name])
-    # transformers already warns "newly initialized"; this one line says what was transferred.
-    loaded = sum(1 for name, _ in model.named_parameters() if name not in info["missing_keys"])
-    logger.info(
-        "Loaded %d tensors from %s; new (trained from scratch): %s; unused from the checkpoint: %s",
-        loaded,
-        model_name_or_path,
-        sorted(info["missing_keys"]) or "none",
-        sorted(info["unexpected_keys"]) or "none",
-    )
-    return model
 
 
 def layer_groups(model: PreTrainedModel) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:

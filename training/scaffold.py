@@ -1,0 +1,358 @@
+"""What the three training scripts share, so each of them reads like `run_clm.py`/`run_ner.py`/`run_glue.py`:
+
+- the command line: `script.py [args.json|args.yaml] [--flag value ...]` (`parse_script_args`), per-script defaults
+  for the options not given, and `run_main`, which turns bad input into one `error:` line;
+- `RunArguments` (threads, what to do on a non-finite loss, when to stop) and the callbacks they ask for;
+- `ModelArguments`, the tokenizer (`get_tokenizer`) and the model (`build_model`): new from a config, or loaded from a
+  checkpoint, also into another head (transfer: the shared `model.*` weights load, the new head starts fresh).
+
+Imports run one way: `rnn_lm_hf.cli` -> `training/` -> the library (`rnn_lm_hf.*`), never back.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import transformers
+from torch import nn
+from transformers import AutoTokenizer, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerFast
+
+from rnn_lm_hf import RNNLMConfig
+from rnn_lm_hf.hub import check_model_source
+from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
+from rnn_lm_hf.trainer import CSVLogCallback, GradientHealthCallback, TimeBudgetCallback
+
+
+logger = logging.getLogger(__name__)
+
+# Trainer's defaults (learning rate 5e-5, a log line every 500 steps) are made for fine-tuning pretrained
+# transformers; an RNN trained from scratch barely moves at 5e-5, and `rnn-lm plot` would get one point. These apply
+# only to options the user did not give, as a flag or a config-file key, so `--learning_rate 5e-5` still means 5e-5.
+CLM_DEFAULTS = {"learning_rate": 2e-3, "logging_steps": 10}
+# Taggers and classifiers (from scratch or on an LM encoder): on the tiny NER fixture 40 steps reach entity F1 1.0
+# at 5e-3 and 0.36 at 5e-5.
+FINETUNE_DEFAULTS = {"learning_rate": 5e-3, "logging_steps": 10}
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+def run_main(main, argv: list[str] | None = None) -> int:
+    """Run a training script's `main`: bad input ends with one `error:` line naming the problem and the fix (exit
+    status 2), never a traceback. DataError is a ValueError; a missing file is an OSError."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as error:
+        logging.getLogger(main.__module__).debug("Traceback", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunArguments:
+    """How a training script uses the machine, what it does when the loss stops being a number, and when it stops
+    early (all scripts)."""
+
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch (torch.set_num_threads). Default: $OMP_NUM_THREADS when set, else half "
+            "the CPUs this process may use, at most 4 (torch's own default, every core, oversubscribes a busy "
+            "machine: the demo ran 14x slower on 2 shared cores)."
+        },
+    )
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={
+            "help": "When the training loss or a gradient is NaN/inf: 'stop' ends the run with an error before the "
+            "optimizer step (the last checkpoint stays good); 'skip' drops that step's update and goes on."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement (needs eval)."}
+    )
+    max_train_minutes: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training after this many minutes (checkpoint and evaluation first); no limit if unset."
+        },
+    )
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if self.on_nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(
+                f"--on_nonfinite must be one of {', '.join(NONFINITE_ACTIONS)}, got {self.on_nonfinite!r}"
+            )
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise ValueError(f"--max_train_minutes must be > 0, got {self.max_train_minutes}.")
+
+    def callbacks(self, output_dir: str) -> list:
+        """Gradient health (first: its count reaches the CSV log), the CSV log, and the optional stops."""
+        callbacks = [
+            GradientHealthCallback(self.on_nonfinite),
+            CSVLogCallback(Path(output_dir) / "training_log.csv"),
+        ]
+        if self.early_stopping_patience is not None:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.early_stopping_patience))
+        if self.max_train_minutes is not None:
+            callbacks.append(TimeBudgetCallback(self.max_train_minutes))
+        return callbacks
+
+
+def default_threads() -> int:
+    """$OMP_NUM_THREADS when set, else half the usable CPUs (at most 4): small recurrent layers gain little from
+    more intra-op threads, and leaving cores free keeps a shared machine from thrashing."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cpus // 2))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """`torch.set_num_threads(threads or default_threads())`; returns the count."""
+    import torch
+
+    threads = threads or default_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def apply_run_arguments(run_args: RunArguments, training_args) -> None:
+    """Threads, and no pinned memory on CPU (the DataLoader warns about it at every epoch and evaluation)."""
+    set_threads(run_args.threads)
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+
+
+def parse_script_args(
+    dataclass_types: tuple[type, ...], argv: list[str] | None = None, defaults: dict | None = None
+) -> tuple:
+    """`script.py [args.json|args.yaml] [--flag value ...]` as in run_clm; flags after the file override its values
+    (benchmark drivers, `rnn-lm train cfg.json --output_dir x`). `defaults` replace dataclass defaults (and show in
+    `--help`) for the options neither the file nor the flags give."""
+    parser = transformers.HfArgumentParser(dataclass_types)
+    known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
+    defaults = {key: value for key, value in (defaults or {}).items() if key in known}
+    parser.set_defaults(**defaults)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
+        return parser.parse_args_into_dataclasses(args=argv)
+    path = Path(argv[0])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file (relative to {Path.cwd()})")
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+    else:
+        import yaml
+
+        values = yaml.safe_load(path.read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    if len(argv) == 1:
+        return parser.parse_dict({**defaults, **values})
+    flags = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            flags += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        elif value is not None:
+            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return parser.parse_args_into_dataclasses(args=[*flags, *argv[1:]])
+
+
+def start_run(training_args: transformers.TrainingArguments, run_args: RunArguments) -> bool:
+    """Every script's start, once its arguments are parsed: threads, logging at the Trainer's level, the seed, and
+    whether to push to the Hub. Trainer's own push is turned off (it would push every checkpoint): `hub.finish_run`
+    publishes once, with the card."""
+    apply_run_arguments(run_args, training_args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    log_level = training_args.get_process_log_level()
+    for library in (datasets.utils.logging, transformers.utils.logging):
+        library.set_verbosity(log_level)
+    transformers.set_seed(training_args.seed)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    return push_to_hub
+
+
+# --------------------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class ModelArguments:
+    """Which model and tokenizer to start from, or how to build them (the same in all three scripts)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "An RNN-LM folder or Hub id to start from: a causal-LM checkpoint (in a tagger or classifier: "
+            "transfer, its embeddings and recurrent layers are loaded, the head is new) or a model of the same head; "
+            "its tokenizer is used. Unset: from scratch."
+        },
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "From scratch: an RNNLMConfig folder or config.json (default: RNNLMConfig())."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated config fields, e.g. 'hidden_size=256,cell_type=gru,bidirectional=true'. With "
+            "--model_name_or_path only non-architecture fields (dropout, classifier_dropout, classifier_pooling)."
+        },
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "A saved tokenizer folder or Hub id (default: the one of --model_name_or_path)."},
+    )
+    tokenizer_kind: str = field(
+        default="word",
+        metadata={"help": f"From scratch, the tokenizer trained on the train split: one of {TOKENIZER_KINDS}."},
+    )
+    tokenizer_vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "From scratch: most tokens the tokenizer learns, not counting 4 specials (default: all)."},
+    )
+    min_frequency: int = field(
+        default=1,
+        metadata={"help": "From scratch: drop rarer types. 2 gives <unk> training examples for unseen test words."},
+    )
+    lowercase: bool = field(default=False, metadata={"help": "From scratch: the new tokenizer lowercases its input."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code when loading by repo id."})
+    zero_init_head: bool = field(
+        default=True,
+        metadata={
+            "help": "With --model_name_or_path: start the weights the checkpoint lacks (the new head) at zero, as BiT "
+            "does (Kolesnikov et al. 2020): predictions start uniform, and the large random gradients of a random head "
+            "do not disturb the pretrained encoder in the first steps."
+        },
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise checkpoint weights whose shape differs (a head with another label set)."},
+    )
+
+    def __post_init__(self):
+        if self.tokenizer_kind not in TOKENIZER_KINDS:
+            raise ValueError(
+                f"--tokenizer_kind must be one of {', '.join(TOKENIZER_KINDS)}, got {self.tokenizer_kind!r}"
+            )
+        if self.config_name and self.model_name_or_path:
+            raise ValueError("--config_name builds a new model: leave it out with --model_name_or_path")
+        for option in ("model_name_or_path", "config_name", "tokenizer_name"):
+            if getattr(self, option) is not None:  # a missing local folder fails now, not after Hub retries
+                check_model_source(getattr(self, option), option)
+
+
+def get_tokenizer(model_args: ModelArguments, train_texts) -> PreTrainedTokenizerFast:
+    """The tokenizer of `--tokenizer_name`/`--model_name_or_path`, or a new one trained on `train_texts` (a callable
+    returning an iterable of strings, so nothing is read when a saved tokenizer is used)."""
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if source:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    return train_tokenizer(
+        train_texts(),
+        kind=model_args.tokenizer_kind,
+        vocab_size=model_args.tokenizer_vocab_size,
+        min_frequency=model_args.min_frequency,
+        lowercase=model_args.lowercase,
+    )
+
+
+SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def build_model(
+    model_class: type[PreTrainedModel],
+    model_args: ModelArguments,
+    tokenizer: PreTrainedTokenizerFast,
+    id2label: dict[int, str] | None = None,
+) -> PreTrainedModel:
+    """A `model_class` model (with the data's labels, for a tagger or classifier): new (config defaults,
+    `--config_name`, then the overrides; the vocabulary and special ids from the tokenizer), or loaded from
+    `--model_name_or_path`: an LM folder (transfer into a new head) or a model of this head."""
+    path, overrides = model_args.model_name_or_path, model_args.config_overrides
+    labels = {"id2label": id2label, "label2id": {label: i for i, label in id2label.items()}} if id2label else {}
+    if path is None:
+        config = RNNLMConfig.from_pretrained(model_args.config_name) if model_args.config_name else RNNLMConfig()
+        if overrides:
+            config.update_from_string(overrides)
+        config.update({"vocab_size": len(tokenizer), **{name: getattr(tokenizer, name) for name in SPECIAL_IDS}})
+        config.update(labels)
+        config.check_architecture()
+        return model_class(config)
+
+    config = RNNLMConfig.from_pretrained(path)
+    if blocked := [key for key in RNNLMConfig.parse_overrides(overrides) if key in config.architecture_fields]:
+        raise ValueError(
+            f"--config_overrides: {', '.join(blocked)} would change the architecture of the checkpoint {path}; when "
+            "loading one, override only other fields (dropout, classifier_dropout, classifier_pooling)"
+        )
+    if overrides:
+        config.update_from_string(overrides)
+    check_tokenizer_fits(tokenizer, config, path)
+    if id2label:
+        check_checkpoint_labels(model_class, model_args, config, id2label, path)
+    config.update(labels)
+    model, info = model_class.from_pretrained(
+        path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, output_loading_info=True
+    )
+    if model_args.zero_init_head:
+        parameters = dict(model.named_parameters())
+        for name in info["missing_keys"]:
+            nn.init.zeros_(parameters[name])
+    # transformers already warns "newly initialized"; this one line says what was transferred.
+    loaded = sum(1 for name, _ in model.named_parameters() if name not in info["missing_keys"])
+    logger.info(
+        "Loaded %d tensors from %s; new (trained from scratch): %s; unused from the checkpoint: %s",
+        loaded,
+        path,
+        sorted(info["missing_keys"]) or "none",
+        sorted(info["unexpected_keys"]) or "none",
+    )
+    return model
+
+
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerFast, config: RNNLMConfig, path: str) -> None:
+    """The tokenizer must encode into the checkpoint's embeddings, with the special ids the checkpoint uses."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but {path} embeds {config.vocab_size}: use the tokenizer saved "
+            "with the checkpoint (leave --tokenizer_name unset), or resize the model first "
+            "(model.resize_token_embeddings(len(tokenizer)))"
+        )
+    differing = {
+        name: (getattr(tokenizer, name), getattr(config, name))
+        for name in SPECIAL_IDS
+        if getattr(tokenizer, name) is not None and getattr(tokenizer, name) != getattr(config, name)
+    }
+    if differing:
+        raise ValueError(
+            f"the tokenizer's special ids differ from {path}'s config (tokenizer, model): {differing}; use the "
+            "tokenizer saved with the checkpoint (leave --tokenizer_name unset)"
+        )
+
+
+def check_checkpoint_labels(model_class, model_args, config, id2label: dict[int, str], path: str) -> None:
+    """A fine-tuned head of this kind: its label ids must mean the same (an LM folder's new head has none)."""
+    if model_class.__name__ not in (config.architectures or []) or model_args.ignore_mismatched_sizes:
+        return
+    saved = [config.id2label[i] for i in sorted(config.id2label)]
+    if len(saved) != len(id2label):
+        raise ValueError(
+            f"{path} has a head for {len(saved)} labels {saved}, but the data has {len(id2label)} "
+            f"{list(id2label.values())}: pass --ignore_mismatched_sizes to start a new head, or use data with the "
+            "checkpoint's labels"
+        )
+    if saved != list(id2label.values()):
+        logger.warning("Label names change from %s (checkpoint) to %s (data), id by id", saved, id2label)
