@@ -435,10 +435,6 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return str(max(candidates, key=lambda path: int(path.name.split("-")[-1]))) if candidates else None
 
 
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")
-
-
 class NonFiniteLossError(ValueError):
     """The training loss or its gradients became NaN/inf (raised by `GradientHealthCallback` in "stop" mode)."""
 
@@ -446,20 +442,33 @@ class NonFiniteLossError(ValueError):
 class GradientHealthCallback(TrainerCallback):
     """Checks the gradients before every optimizer step; a NaN/inf gradient (from a non-finite loss or an overflow)
     stops the run before the update (`on_nonfinite="stop"`: the weights and the last checkpoint stay good) or drops
-    that update (`"skip"`). Logs `nonfinite_steps`, the count of dropped updates; Trainer already logs `grad_norm`,
-    the pre-clip norm, whenever `max_grad_norm` is set. Works with any `Trainer`: `callbacks=[GradientHealthCallback()]`.
+    that update (`"skip"`). Logs `nonfinite_steps`, the count of dropped updates, and, whenever `max_grad_norm` is
+    set, `clipped_share`: the share of the optimizer steps since the last log that were clipped (Pascanu et al. 2013,
+    https://arxiv.org/abs/1211.5063). Trainer already logs `grad_norm`, the pre-clip norm of the logging step.
+    Works with any `Trainer`: `callbacks=[GradientHealthCallback()]`.
     """
+
+    # Trainer calls on_pre_optimizer_step after clipping, which rescales the gradients to norm
+    # max_grad_norm * total / (total + 1e-6): a step was clipped iff the norm now sits at the limit.
+    CLIP_TOLERANCE = 1e-4
 
     def __init__(self, on_nonfinite: str = "stop"):
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.nonfinite_steps = 0
+        self.steps, self.clipped_steps = 0, 0  # since the last log
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
         # One host sync per step: the norm of all gradients is finite iff every gradient is.
-        if not grads or torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).norm()):
+        norm = float(torch.stack([g.detach().float().norm() for g in grads]).norm())
+        self.steps += 1
+        limit = args.max_grad_norm or 0
+        self.clipped_steps += limit > 0 and norm >= limit * (1 - self.CLIP_TOLERANCE)
+        if math.isfinite(norm):
             return
         step = state.global_step + 1
         if self.on_nonfinite == "stop":
@@ -477,3 +486,6 @@ class GradientHealthCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and "loss" in logs:
             logs["nonfinite_steps"] = self.nonfinite_steps
+            if (args.max_grad_norm or 0) > 0 and self.steps:
+                logs["clipped_share"] = round(self.clipped_steps / self.steps, 4)
+            self.steps, self.clipped_steps = 0, 0

@@ -251,3 +251,39 @@ def test_resuming_a_tied_lm_reports_no_missing_head(tmp_path):
     assert not [record.getMessage() for record in records if "missing keys" in record.getMessage()]
     model = trainer.model
     assert model.lm_head.weight.data_ptr() == model.model.embeddings.weight.data_ptr()
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 0.3])  # unclipped norms here: 0.16 to 0.74
+def test_clipped_share_matches_the_pre_clip_norm(tmp_path, max_grad_norm):
+    trainer = lm_trainer(
+        tmp_path,
+        [GradientHealthCallback("stop"), CSVLogCallback(tmp_path / "log.csv")],
+        save_strategy="no",
+        max_steps=8,
+        max_grad_norm=max_grad_norm,
+        learning_rate=0.3,
+    )
+    trainer.train()
+    with (tmp_path / "log.csv").open() as handle:
+        rows = [(int(row["step"]), row["name"], float(row["value"])) for row in csv.DictReader(handle)]
+    norms = {step: value for step, name, value in rows if name == "grad_norm"}
+    shares = {step: value for step, name, value in rows if name == "clipped_share"}
+    if max_grad_norm == 0:  # no clipping: nothing to report
+        assert not shares and len(norms) == 8
+        return
+    # One step per log: the share is 1 exactly when Trainer's logged pre-clip norm exceeded the limit.
+    assert shares == {step: float(norm > max_grad_norm) for step, norm in norms.items()}
+    assert set(shares.values()) == {0.0, 1.0}
+
+
+def test_clipped_share_is_a_fraction_of_the_steps_since_the_last_log(tmp_path):
+    health = GradientHealthCallback("stop")
+    callbacks = [health, CSVLogCallback(tmp_path / "log.csv")]
+    settings = {"save_strategy": "no", "max_steps": 6, "logging_steps": 3, "learning_rate": 0.3}
+    lm_trainer(tmp_path, callbacks, max_grad_norm=0.3, **settings).train()
+    with (tmp_path / "log.csv").open() as handle:
+        shares = [float(row["value"]) for row in csv.DictReader(handle) if row["name"] == "clipped_share"]
+    # Two logs of three steps each: shares in thirds, here some steps clipped and some not (norms 0.16 to 0.74).
+    assert len(shares) == 2 and all(abs(3 * share - round(3 * share)) < 1e-3 for share in shares)
+    assert 0 < min(shares) < 1
+    assert (health.steps, health.clipped_steps) == (0, 0)  # reset at each log
