@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .evaluation import continuation_log_probs
+
 
 # (singular, plural) pairs. Animate nouns can do things; inanimate ones only be, have and belong.
 ANIMATE_NOUNS = [
@@ -138,7 +140,6 @@ def agreement_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return pairs
 
 
-@torch.no_grad()
 def agreement_accuracy(
     model: torch.nn.Module,
     tokenizer,
@@ -147,53 +148,17 @@ def agreement_accuracy(
     prepend_eos: bool = True,
 ) -> float:
     """Share of `pairs` where `model` gives the correct verb a higher log-probability than the wrong one after the
-    prefix (multi-token verbs: summed over their tokens).
+    prefix (multi-token verbs: summed over their tokens), scored by `evaluation.continuation_log_probs`.
 
     `model` is any causal LM called as `model(input_ids=..., attention_mask=...)` returning `.logits` of shape
-    (batch, seq_len, vocab_size); batches are left-padded. With `prepend_eos`, the prefix follows `<eos>`, as every
-    sentence does in a training stream built with `add_eos=True`.
+    (batch, seq_len, vocab_size). With `prepend_eos`, the prefix follows `<eos>`, as every sentence does in a
+    training stream built with `add_eos=True`. `minimal_pairs.score_pairs` does the same for jsonl pairs.
     """
     if not pairs:
         raise ValueError("agreement_accuracy needs at least one (prefix, correct_verb, wrong_verb) pair.")
-    start = [tokenizer.eos_token_id] if prepend_eos else []
-    candidates = []  # (context ids, continuation ids): the correct verb, then the wrong one, per pair
-    for prefix, correct, wrong in pairs:
-        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        for verb in (correct, wrong):
-            candidates.append((start + prefix_ids, _continuation_ids(tokenizer, prefix, prefix_ids, verb)))
-    was_training = model.training
-    model.eval()
-    scores = []
-    for i in range(0, len(candidates), batch_size):
-        scores += _continuation_log_probs(model, candidates[i : i + batch_size], tokenizer.pad_token_id)
-    model.train(was_training)
+    items = [(prefix, verb) for prefix, correct, wrong in pairs for verb in (correct, wrong)]
+    scores = continuation_log_probs(model, tokenizer, items, batch_size, prepend_eos)
     return sum(scores[2 * i] > scores[2 * i + 1] for i in range(len(pairs))) / len(pairs)
-
-
-def _continuation_ids(tokenizer, prefix: str, prefix_ids: list[int], verb: str) -> list[int]:
-    # Encode prefix and verb together so the verb gets its in-context form (e.g. BPE's leading-space token).
-    full_ids = tokenizer(f"{prefix} {verb}", add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prefix_ids)] != prefix_ids or len(full_ids) == len(prefix_ids):
-        raise ValueError(f"Tokenizing {prefix!r} + {verb!r} changes the prefix tokens; cannot score the verb alone.")
-    return full_ids[len(prefix_ids) :]
-
-
-def _continuation_log_probs(model, candidates: list[tuple[list[int], list[int]]], pad_token_id: int) -> list[float]:
-    device = next(model.parameters()).device
-    length = max(len(context) + len(continuation) for context, continuation in candidates)
-    input_ids = torch.full((len(candidates), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    is_continuation = torch.zeros_like(input_ids, dtype=torch.bool)
-    for row, (context, continuation) in enumerate(candidates):
-        sequence = context + continuation
-        input_ids[row, length - len(sequence) :] = torch.tensor(sequence)  # left padding
-        attention_mask[row, length - len(sequence) :] = 1
-        is_continuation[row, length - len(continuation) :] = True
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (batch, seq_len, vocab_size)
-    # Position t predicts token t+1.
-    next_token_log_probs = log_probs[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (batch, seq_len - 1)
-    return (next_token_log_probs * is_continuation[:, 1:]).sum(-1).tolist()
 
 
 def _agree(verb: tuple[str, str], plural: bool) -> str:

@@ -242,3 +242,65 @@ def adaptive_perplexities(
         nll = dynamic_eval_nll(model, tokens, rms, **dynamic_eval)
         metrics["dynamic_eval_perplexity"] = math.exp(nll / num_targets)
     return metrics
+
+
+@torch.no_grad()
+def continuation_log_probs(
+    model,
+    tokenizer,
+    items: list[tuple[str, str]],
+    batch_size: int = 64,
+    prepend_eos: bool = True,
+) -> list[float]:
+    """The summed log-probability of each `continuation` after its `context`, for `items` of (context, continuation).
+
+    The continuation is tokenized in context (`f"{context} {continuation}"`, so a BPE word gets its leading-space
+    token) and may span several tokens; an empty context scores the whole continuation as a sentence. With
+    `prepend_eos`, the context follows `<eos>`, as every line does in a stream built with `add_eos=True`; without
+    it, an empty context leaves the first token unscored. `model` is any causal LM called as
+    `model(input_ids=..., attention_mask=...)` returning `.logits` (batch, seq_len, vocab_size); batches are
+    left-padded, which the package's models read as unpadded rows.
+    """
+    start = [tokenizer.eos_token_id] if prepend_eos else []
+    candidates = []  # (context ids, continuation ids)
+    for context, continuation in items:
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+        ids = _continuation_ids(tokenizer, context, context_ids, continuation)
+        if not start and not context_ids:  # the first token has no prediction: it becomes the context
+            context_ids, ids = ids[:1], ids[1:]
+        candidates.append((start + context_ids, ids))
+    was_training = model.training
+    model.eval()
+    scores = []
+    for i in range(0, len(candidates), batch_size):
+        scores += _batch_continuation_log_probs(model, candidates[i : i + batch_size], tokenizer.pad_token_id)
+    model.train(was_training)
+    return scores
+
+
+def _continuation_ids(tokenizer, context: str, context_ids: list[int], continuation: str) -> list[int]:
+    full_ids = tokenizer(f"{context} {continuation}" if context else continuation, add_special_tokens=False)
+    full_ids = full_ids["input_ids"]
+    if full_ids[: len(context_ids)] != context_ids or len(full_ids) == len(context_ids):
+        raise ValueError(
+            f"Tokenizing {context!r} + {continuation!r} changes the context tokens; cannot score the continuation alone."
+        )
+    return full_ids[len(context_ids) :]
+
+
+def _batch_continuation_log_probs(model, candidates: list[tuple[list[int], list[int]]], pad_token_id: int) -> list:
+    device = next(model.parameters()).device
+    length = max(len(context) + len(continuation) for context, continuation in candidates)
+    input_ids = torch.full((len(candidates), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    is_continuation = torch.zeros_like(input_ids, dtype=torch.bool)
+    for row, (context, continuation) in enumerate(candidates):
+        sequence = context + continuation
+        input_ids[row, length - len(sequence) :] = torch.tensor(sequence)  # left padding
+        attention_mask[row, length - len(sequence) :] = 1
+        is_continuation[row, length - len(continuation) :] = True
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()  # (batch, seq_len, vocab_size)
+    # Position t predicts token t + 1.
+    next_token_log_probs = log_probs[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (batch, seq_len - 1)
+    return (next_token_log_probs * is_continuation[:, 1:]).sum(-1).tolist()
