@@ -3,6 +3,7 @@
 One file, importing only torch, transformers and the sibling config, so `save_pretrained` can ship it as Hub code.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,8 @@ logger = logging.get_logger(__name__)
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
 RNN_CLASSES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# Label id that the losses (torch's cross-entropy) and the package's metrics skip: padding, unlabelled sub-words.
+IGNORE_INDEX = -100
 
 
 def accepts_legacy_cache_names(forward):
@@ -61,10 +64,52 @@ class RNNLMCache(DynamicCache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
 
+    def advance(self, num_tokens: int) -> None:
+        self.seen_tokens += num_tokens
+
     @property
     def is_compileable(self) -> bool:
-        # Keeps generate() from building 4D attention masks or auto-compiling: there is no attention to mask.
+        # The eager default: generate() compiles its decoding step only for a cache that says it is compileable.
         return False
+
+
+class RNNLMStaticCache(RNNLMCache):
+    """The recurrent cache for compiled decoding: `generate(..., cache_implementation="static")` builds it, or pass
+    `cache=RNNLMStaticCache(model.config)`. The states, the beam reorder and the token count are all written in place,
+    so every buffer keeps the address it got at prefill and a compiled (CUDA-graph) decoding step replays on them.
+    On CUDA, generate() then compiles its per-token step (transformers' auto-compile); elsewhere it runs eagerly.
+    """
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__(config)
+        self.token_count: torch.Tensor | None = None  # () on the states' device, made at the first write
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.token_count is None else int(self.token_count)
+
+    def advance(self, num_tokens: int) -> None:
+        # A Python int would be a constant in the compiled step (a recompile per token): count on the device.
+        if self.token_count is None:
+            self.token_count = torch.zeros((), dtype=torch.long, device=self.layers[0].recurrent_states[0].device)
+            if not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(self.token_count)
+        self.token_count.add_(num_tokens)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        # Beam search picks rows after every step; copy them back into the same buffers instead of reassigning them.
+        for layer in self.layers:
+            if layer.is_recurrent_states_initialized[0]:
+                state = layer.recurrent_states[0]  # (batch * num_beams, num_states, hidden)
+                state.copy_(state.index_select(0, beam_idx.to(state.device)))
+
+    def reset(self) -> None:
+        super().reset()
+        if self.token_count is not None:
+            self.token_count.zero_()
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
 
 
 @dataclass
@@ -152,7 +197,7 @@ def check_labels(labels: torch.Tensor, shape: torch.Size, name: str = "labels", 
         )
     if num_classes is None or labels.is_floating_point() or labels.numel() == 0 or labels.is_cuda:
         return  # reading the values on the host would stall a GPU step
-    real = labels[labels != -100]
+    real = labels[labels != IGNORE_INDEX]
     if real.numel() and (real.min() < 0 or real.max() >= num_classes):
         bad = int(real.min()) if real.min() < 0 else int(real.max())
         raise ValueError(
@@ -281,7 +326,8 @@ class RNNLMModel(RNNLMPreTrainedModel):
         # nn.Embedding would fail deep inside torch (or on CUDA, with a device-side assert): fail here, clearly.
         # Reading the ids on the host stalls a GPU training step, so CUDA training skips the check (the training
         # scripts compare tokenizer and embedding sizes once, up front); inference and CPU training keep it.
-        if input_ids.numel() == 0 or (self.training and input_ids.is_cuda):
+        # A compiled step skips it too: the check is a data-dependent branch (a graph break and a host sync).
+        if input_ids.numel() == 0 or (self.training and input_ids.is_cuda) or torch.compiler.is_compiling():
             return
         low, high = torch.aminmax(input_ids)
         vocab_size = self.embeddings.num_embeddings
@@ -344,6 +390,30 @@ class RNNLMModel(RNNLMPreTrainedModel):
             )
         return cache
 
+    def is_decoding_step(self, num_new: int, attention_mask: torch.Tensor | None, cache: Cache | None) -> bool:
+        # generate()'s per-token call: one token per row, no mask (its entry is always 1), a state to continue from.
+        return (
+            num_new == 1
+            and attention_mask is None
+            and cache is not None
+            and cache.layers[0].has_previous_state[0]
+            and not self.training
+            and not torch.is_grad_enabled()  # the states are overwritten in place, so nothing may hold them for backward
+        )
+
+    def decode_step(self, inputs_embeds: torch.Tensor, cache: Cache, use_cache: bool | None, return_dict: bool):
+        """The lean path of one decoding step: no padding, dropout or per-layer outputs to handle, the states updated
+        in place. It has no host sync and no data-dependent branch, so the whole step compiles as one graph."""
+        hidden_states = inputs_embeds  # (batch, 1, input_size)
+        for layer_idx, layer in enumerate(self.layers):
+            state = cache.layers[layer_idx].recurrent_states[0]  # (batch, num_states, hidden)
+            hidden_states, new_state = layer(hidden_states, state)
+            state.copy_(new_state)
+        if isinstance(cache, RNNLMCache):
+            cache.advance(1)
+        output = RNNLMModelOutput(last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None})
+        return output if return_dict else output.to_tuple()
+
     @accepts_legacy_cache_names
     def forward(
         self,
@@ -383,6 +453,8 @@ class RNNLMModel(RNNLMPreTrainedModel):
         cache = self.prepare_cache(cache, bool(use_cache) or cache is not None, inputs_embeds.shape[0])
 
         num_new = inputs_embeds.shape[1]
+        if self.is_decoding_step(num_new, attention_mask, cache) and not (output_hidden_states or output_final_states):
+            return self.decode_step(inputs_embeds, cache, use_cache, return_dict)
         if attention_mask is not None:
             if attention_mask.dim() != 2 or attention_mask.shape[1] < num_new:
                 raise ValueError(
@@ -428,7 +500,7 @@ class RNNLMModel(RNNLMPreTrainedModel):
             hidden_states = hidden_states[:, start:]
             all_hidden_states = tuple(h[:, start:] for h in all_hidden_states) if output_hidden_states else None
         if isinstance(cache, RNNLMCache):
-            cache.seen_tokens += num_new
+            cache.advance(num_new)
 
         output = RNNLMModelOutput(
             last_hidden_state=hidden_states,
@@ -488,7 +560,44 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
                     f"`attention_mask` has shape {tuple(mask.shape)} but the prompt is {tuple(prompt.shape)}: pass the "
                     "mask the tokenizer returned with the prompt, one entry per token."
                 )
-        return super().generate(*args, **kwargs)
+        # Dynamo refuses nn.RNN/LSTM/GRU modules unless told otherwise: a compiled decoding step (CUDA, or a
+        # `compile_config`) traces our layers' cuDNN/oneDNN calls as single ops, the same kernels as eager.
+        with torch._dynamo.config.patch(allow_rnn=True):
+            return super().generate(*args, **kwargs)
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
+        # generate() builds no cache for us (the first forward makes an RNNLMCache), but the compiled decoding step
+        # needs a compileable cache before the prefill: `cache_implementation="static"` asks for it.
+        if (
+            generation_config.cache_implementation == "static"
+            and generation_config.use_cache is not False
+            and model_kwargs.get(CACHE_FIELD) is None
+        ):
+            model_kwargs[CACHE_FIELD] = RNNLMStaticCache(self.config)
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        cache: Cache | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool = False,
+        **kwargs,
+    ) -> dict:
+        # Both names in the signature: generate() checks its kwargs against it (`past_key_values` before 5.24).
+        kwargs[CACHE_FIELD] = cache if cache is not None else past_key_values
+        # The mask is not passed up: transformers < 5.24 turns it into a 4D attention mask for a compileable cache.
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
+        # After the prefill, generate() feeds one new token per row, whose mask entry is always 1: drop the growing
+        # mask (as Mamba does), so the step takes the lean path and a compiled step sees the same shapes every token.
+        decoding = kwargs.get("use_cache") and not is_first_iteration
+        model_inputs["attention_mask"] = None if decoding else attention_mask
+        return model_inputs
 
     @accepts_legacy_cache_names
     def forward(
@@ -548,6 +657,10 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
+
+    # generate() inspects forward's signature at every token for Hub-code models (its `cache_position` check):
+    # a precomputed one spares unwrapping the decorators each time.
+    forward.__signature__ = inspect.signature(forward)
 
 
 class RNNLMForTokenClassification(RNNLMPreTrainedModel):
@@ -687,6 +800,7 @@ def auto_map() -> dict[str, str]:
 
 
 __all__ = [
+    "IGNORE_INDEX",
     "MODEL_CLASSES",
     "RNNLMCache",
     "RNNLMPreTrainedModel",
