@@ -44,6 +44,7 @@ from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM  # noqa: E402
 from rnn_lm_hf.modeling_rnn_lm import CACHE_FIELD  # noqa: E402
 
 
+MEMORY_PROMPTS = (64, 1024, 8192)  # decoding peak memory is measured after prompts of these lengths (issue 14)
 # `full` is the PTB "medium" model of Zaremba et al. 2014 / word_language_model (2x650, vocab 10k, batch 20, bptt 35)
 # and the prompt lengths of the decode requirement (64 vs 4,096). `small` is a quick check, `tiny` the smoke test.
 PRESETS = {
@@ -57,6 +58,10 @@ PRESETS = {
         "prompt_lengths": [8, 64],
         "new_tokens": 8,
         "repeats": 2,
+        "generate_batches": [1, 4],
+        "memory_prompts": [8, 64],
+        "large_train_steps": 1,
+        "large_repeats": 1,
     },
     "small": {
         "num_layers": 2,
@@ -68,6 +73,10 @@ PRESETS = {
         "prompt_lengths": [64, 1024],
         "new_tokens": 32,
         "repeats": 3,
+        "generate_batches": [1, 64],
+        "memory_prompts": list(MEMORY_PROMPTS),
+        "large_train_steps": 2,
+        "large_repeats": 2,
     },
     "full": {
         "num_layers": 2,
@@ -79,6 +88,10 @@ PRESETS = {
         "prompt_lengths": [64, 4096],
         "new_tokens": 128,
         "repeats": 7,
+        "generate_batches": [1, 64],
+        "memory_prompts": list(MEMORY_PROMPTS),
+        "large_train_steps": 3,
+        "large_repeats": 3,
     },
 }
 # Requirement of issue 2: our throughput within 5% of the bare LM; decode flat in the context and near a bare loop.
@@ -89,6 +102,12 @@ DECODE_TARGET = 1.3  # ms/token generate / bare loop, at most
 # CUDA, cuDNN then re-packs its weights every forward: this variant measures that cost against the bare LSTM.
 TRAIN_VARIANTS = ("bare_fused", "bare_per_layer", "ours", "bare_fused_stateful", "ours_stateful", "ours_weight_drop")
 DECODE_VARIANTS = ("generate", "forward_loop", "bare_loop")
+# Issue 14: batch-1 generate within 1.3x the bare step loop (DECODE_TARGET), at least 10x GPT-2 124M's tokens/s,
+# larger-size training >= TRAIN_TARGET of bare, peak training memory within 1.1x bare, decoding memory flat.
+GPT2_TARGET = 10.0
+MEMORY_TARGET = 1.1
+MEASUREMENTS = ("train", "decode", "overhead", "generate", "gpt2", "memory", "train_large")
+DEFAULT_MEASUREMENTS = ("train", "decode", "overhead")  # the issue-14 GPU measurements are asked for by name
 
 
 # ----- models -----
@@ -148,7 +167,7 @@ def copy_weights(ours: RNNLMForCausalLM, bare: BareLSTMLM) -> None:
                 target.copy_(getattr(layer.rnn, f"{name}_l0"))
 
 
-def build_models(settings: dict, device: torch.device) -> dict[str, nn.Module]:
+def build_models(settings: dict, device: torch.device, names: tuple[str, ...] | None = None) -> dict[str, nn.Module]:
     config = RNNLMConfig(
         vocab_size=settings["vocab_size"],
         hidden_size=settings["hidden_size"],
@@ -157,10 +176,14 @@ def build_models(settings: dict, device: torch.device) -> dict[str, nn.Module]:
         dropout=settings["dropout"],
         tie_word_embeddings=settings["tie"],
     )
+    names = names or ("ours", "ours_weight_drop", "bare_fused", "bare_per_layer")
     models = {"ours": RNNLMForCausalLM(config)}
-    models["ours_weight_drop"] = RNNLMForCausalLM(RNNLMConfig.from_dict({**config.to_dict(), "weight_drop": 0.5}))
-    models["ours_weight_drop"].load_state_dict(models["ours"].state_dict())
+    if "ours_weight_drop" in names:
+        models["ours_weight_drop"] = RNNLMForCausalLM(RNNLMConfig.from_dict({**config.to_dict(), "weight_drop": 0.5}))
+        models["ours_weight_drop"].load_state_dict(models["ours"].state_dict())
     for name, fused in (("bare_fused", True), ("bare_per_layer", False)):
+        if name not in names:
+            continue
         bare = BareLSTMLM(
             settings["vocab_size"],
             settings["hidden_size"],
@@ -284,7 +307,13 @@ def check_same_loss(models: dict, settings: dict, device: torch.device) -> float
     return max(abs(float(ours - loss)) for loss in bare)
 
 
-def bench_train(models: dict, settings: dict, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict:
+def bench_train(
+    models: dict,
+    settings: dict,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    variants: tuple[str, ...] = TRAIN_VARIANTS,
+) -> dict:
     sync = make_sync(device)
     steps = make_train_steps(models, settings, device, amp_dtype)
     counter = dict.fromkeys(steps, 0)  # batch index per variant, so stateful variants walk consecutive batches
@@ -298,26 +327,28 @@ def bench_train(models: dict, settings: dict, device: torch.device, amp_dtype: t
         sync()
         return time.perf_counter() - start
 
-    for name in TRAIN_VARIANTS:
+    for name in variants:
         run(name, settings["warmup"])
     tokens = settings["train_steps"] * settings["batch_size"] * settings["bptt"]
-    throughput = {name: [] for name in TRAIN_VARIANTS}
+    throughput = {name: [] for name in variants}
     for repeat in range(settings["repeats"]):
-        for name in rotated(TRAIN_VARIANTS, repeat):
+        for name in rotated(variants, repeat):
             throughput[name].append(tokens / run(name, settings["train_steps"]))
     return {
         "tokens_per_s": {name: summarize(values) for name, values in throughput.items()},
         # Throughput ratios: above 1 means the numerator is faster.
         "ratios": {
-            "ours/bare_fused": compare(throughput["ours"], throughput["bare_fused"]),
-            "ours_stateful/bare_fused_stateful": compare(
-                throughput["ours_stateful"], throughput["bare_fused_stateful"]
-            ),
-            "bare_per_layer/bare_fused": compare(throughput["bare_per_layer"], throughput["bare_fused"]),
-            "ours/bare_per_layer": compare(throughput["ours"], throughput["bare_per_layer"]),
-            "ours_stateful/ours": compare(throughput["ours_stateful"], throughput["ours"]),
-            "ours_weight_drop/bare_fused": compare(throughput["ours_weight_drop"], throughput["bare_fused"]),
-            "ours_weight_drop/ours": compare(throughput["ours_weight_drop"], throughput["ours"]),
+            f"{a}/{b}": compare(throughput[a], throughput[b])
+            for a, b in (
+                ("ours", "bare_fused"),
+                ("ours_stateful", "bare_fused_stateful"),
+                ("bare_per_layer", "bare_fused"),
+                ("ours", "bare_per_layer"),
+                ("ours_stateful", "ours"),
+                ("ours_weight_drop", "bare_fused"),
+                ("ours_weight_drop", "ours"),
+            )
+            if a in throughput and b in throughput
         },
     }
 
@@ -452,6 +483,272 @@ def bench_decode(models: dict, settings: dict, device: torch.device) -> dict:
     return results
 
 
+# ----- 3. per-token overhead, compiled decoding, peak memory, larger training sizes (issue 14) -----
+# The tiny model of the CPU overhead comparison: at 2x32 the arithmetic is negligible, so what is timed is each
+# library's own work per generated token. transformers' GPT-2 and Mamba of the same width are built from configs.
+OVERHEAD_SIZE = {"num_layers": 2, "hidden_size": 32, "vocab_size": 100}
+# Training sizes where bf16 should pay: AWD/Zaremba "large" width at a big batch, and a 3-layer LM over a 50k vocabulary.
+LARGE_TRAIN = {
+    "2x1500_b128_bptt70": {"num_layers": 2, "hidden_size": 1500, "vocab_size": 10000, "batch_size": 128, "bptt": 70},
+    "3x1024_v50k_b32_bptt128": {
+        "num_layers": 3,
+        "hidden_size": 1024,
+        "vocab_size": 50000,
+        "batch_size": 32,
+        "bptt": 128,
+    },
+}
+LARGE_TRAIN_TINY = {
+    "2x48_b8_bptt16": {"num_layers": 2, "hidden_size": 48, "vocab_size": 300, "batch_size": 8, "bptt": 16}
+}
+SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}  # plain multinomial, as the bare loop
+
+
+def timed_generate(model, prompt: torch.LongTensor, new_tokens: int, sync, **kwargs) -> float:
+    """ms per token of `generate` after its first token (prefill excluded); EOS off so every run makes `new_tokens`."""
+    clock = FirstTokenClock(sync)
+    model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+        stopping_criteria=StoppingCriteriaList([clock]),
+        **kwargs,
+    )
+    sync()
+    return 1e3 * (time.perf_counter() - clock.first_token_time) / (new_tokens - 1)
+
+
+def bare_step_fn(bare: BareLSTMLM, sample: bool):
+    """One decoding step of the bare fused LM: embedding -> LSTM step with carried (h, c) -> linear -> next token."""
+
+    def step(token: torch.LongTensor, h: torch.Tensor, c: torch.Tensor):
+        x, (h, c) = bare.rnn(bare.encoder(token), (h, c))  # (batch, 1, hidden)
+        logits = bare.decoder(x[:, -1]).float()  # (batch, vocab)
+        if sample:
+            return torch.multinomial(torch.softmax(logits, -1), 1), h, c
+        return logits.argmax(-1, keepdim=True), h, c
+
+    return step
+
+
+def timed_bare_loop(step, bare: BareLSTMLM, prompt: torch.LongTensor, new_tokens: int, sync) -> float:
+    """ms per token of a plain Python loop over `step` (no host sync inside), prefill excluded."""
+    x, (h, c) = bare.rnn(bare.encoder(prompt))
+    token = bare.decoder(x[:, -1]).argmax(-1, keepdim=True)  # (batch, 1)
+    sync()
+    start = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        token, h, c = step(token, h, c)
+    sync()
+    return 1e3 * (time.perf_counter() - start) / (new_tokens - 1)
+
+
+def bench_generate(models: dict, settings: dict, device: torch.device) -> dict:
+    """generate() against the bare step loop at batch 1 and 64, greedy and sampling; eager, and compiled where the
+    device compiles (CUDA: generate's own CUDA-graph decoding with our static cache; the bare step under the same
+    torch.compile mode). All variants interleaved per repeat."""
+    sync = make_sync(device)
+    ours, bare = models["ours"].eval(), models["bare_fused"].eval()
+    compiled = device.type == "cuda"
+    new_tokens, prompt_len = settings["new_tokens"], min(settings["prompt_lengths"])
+    generator = torch.Generator().manual_seed(settings["seed"])
+    results = {"ms_per_token": {}, "ratios": {}, "compiled": compiled, "prompt_length": prompt_len}
+    with torch.inference_mode(), torch._dynamo.config.patch(allow_rnn=True):
+        for batch in settings["generate_batches"]:
+            prompt = torch.randint(3, settings["vocab_size"], (batch, prompt_len), generator=generator).to(device)
+            for mode, mode_kwargs in (("greedy", {"do_sample": False}), ("sampling", SAMPLING)):
+                bare_step = bare_step_fn(bare, mode == "sampling")
+                runs = {
+                    "generate": lambda k=mode_kwargs, p=prompt: timed_generate(ours, p, new_tokens, sync, **k),
+                    "generate_static": lambda k=mode_kwargs, p=prompt: timed_generate(
+                        ours, p, new_tokens, sync, cache_implementation="static", **k
+                    ),
+                    "bare_loop": lambda s=bare_step, p=prompt: timed_bare_loop(s, bare, p, new_tokens, sync),
+                }
+                if compiled:
+                    step = torch.compile(bare_step_fn(bare, mode == "sampling"), mode="reduce-overhead")
+                    runs["bare_loop_compiled"] = lambda s=step, p=prompt: timed_bare_loop(s, bare, p, new_tokens, sync)
+                names = tuple(runs)
+                for name in names:  # warm-up: compiles (CUDA graphs record) happen here, not in the timed runs
+                    for _ in range(2 if compiled else 1):
+                        runs[name]()
+                times = {name: [] for name in names}
+                for repeat in range(settings["repeats"]):
+                    for name in rotated(names, repeat):
+                        times[name].append(runs[name]())
+                key = f"batch{batch}_{mode}"
+                results["ms_per_token"][key] = {name: summarize(values) for name, values in times.items()}
+                for name in names:
+                    if name.startswith("generate"):
+                        for base in ("bare_loop", "bare_loop_compiled"):
+                            if base in times:
+                                results["ratios"][f"{key} {name}/{base}"] = compare(times[name], times[base])
+    ours.train(), bare.train()
+    return results
+
+
+def bench_overhead(settings: dict, device: torch.device) -> dict:
+    """Per-token cost of generate() for a tiny 2x32 model (compute negligible): ours (default cache and static cache)
+    against a bare step loop and transformers' own tiny GPT-2 and Mamba, greedy, batch 1, interleaved repeats."""
+    from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
+
+    sync = make_sync(device)
+    size = OVERHEAD_SIZE
+    config = RNNLMConfig(
+        vocab_size=size["vocab_size"], hidden_size=size["hidden_size"], num_hidden_layers=size["num_layers"]
+    )
+    ours = RNNLMForCausalLM(config)
+    bare = BareLSTMLM(size["vocab_size"], size["hidden_size"], size["num_layers"], 0.0, False, fused=True)
+    copy_weights(ours, bare)
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=size["vocab_size"], n_embd=size["hidden_size"], n_layer=size["num_layers"], n_head=2)
+    )
+    mamba = MambaForCausalLM(
+        MambaConfig(
+            vocab_size=size["vocab_size"],
+            hidden_size=size["hidden_size"],
+            num_hidden_layers=size["num_layers"],
+            state_size=16,
+        )
+    )
+    models = {name: model.to(device).eval() for name, model in (("ours", ours), ("gpt2", gpt2), ("mamba", mamba))}
+    bare = bare.to(device).eval()
+    new_tokens = settings["overhead_new_tokens"]
+    prompt = torch.randint(3, size["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    greedy_kwargs = {"do_sample": False}
+    runs = {
+        "ours_generate": lambda: timed_generate(models["ours"], prompt, new_tokens, sync, **greedy_kwargs),
+        "ours_generate_static": lambda: timed_generate(
+            models["ours"], prompt, new_tokens, sync, cache_implementation="static", **greedy_kwargs
+        ),
+        "bare_loop": lambda: timed_bare_loop(bare_step_fn(bare, False), bare, prompt, new_tokens, sync),
+        "gpt2_generate": lambda: timed_generate(models["gpt2"], prompt, new_tokens, sync, **greedy_kwargs),
+        "mamba_generate": lambda: timed_generate(models["mamba"], prompt, new_tokens, sync, **greedy_kwargs),
+    }
+    names = tuple(runs)
+    times = {name: [] for name in names}
+    with torch.inference_mode():
+        for name in names:
+            runs[name]()
+        for repeat in range(settings["repeats"]):
+            for name in rotated(names, repeat):
+                times[name].append(runs[name]())
+    ratios = {
+        f"{name}/{base}": compare(times[name], times[base])
+        for name in ("ours_generate", "ours_generate_static", "gpt2_generate", "mamba_generate")
+        for base in ("bare_loop", "gpt2_generate", "mamba_generate")
+        if name != base
+    }
+    return {
+        "size": dict(size, new_tokens=new_tokens, prompt_length=prompt.shape[1], batch_size=1),
+        "ms_per_token": {name: summarize(values) for name, values in times.items()},
+        "ratios": ratios,
+    }
+
+
+def bench_gpt2(models: dict, settings: dict, device: torch.device) -> dict:
+    """Tokens/s at batch 1 (greedy, prefill excluded): ours (eager and static/compiled) against transformers' GPT-2
+    124M built from its default config (random weights, no download), fp32, on the same device."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    sync = make_sync(device)
+    gpt2 = GPT2LMHeadModel(GPT2Config()).to(device).eval()
+    ours = models["ours"].eval()
+    new_tokens, prompt_len = settings["new_tokens"], min(settings["prompt_lengths"])
+    prompt = torch.randint(3, settings["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    prompt = prompt.to(device)
+    runs = {
+        "ours_generate": lambda: timed_generate(ours, prompt, new_tokens, sync, do_sample=False),
+        "ours_generate_static": lambda: timed_generate(
+            ours, prompt, new_tokens, sync, do_sample=False, cache_implementation="static"
+        ),
+        "gpt2_generate": lambda: timed_generate(gpt2, prompt, new_tokens, sync, do_sample=False),
+    }
+    names = tuple(runs)
+    times = {name: [] for name in names}
+    with torch.inference_mode(), torch._dynamo.config.patch(allow_rnn=True):
+        for name in names:
+            runs[name]()
+        for repeat in range(settings["repeats"]):
+            for name in rotated(names, repeat):
+                times[name].append(runs[name]())
+    tokens_per_s = {name: [1e3 / ms for ms in values] for name, values in times.items()}
+    ours.train()
+    return {
+        "gpt2_parameters": 124_439_808,
+        "tokens_per_s": {name: summarize(values) for name, values in tokens_per_s.items()},
+        "ratios": {
+            f"{name}/gpt2_generate": compare(tokens_per_s[name], tokens_per_s["gpt2_generate"])
+            for name in ("ours_generate", "ours_generate_static")
+        },
+    }
+
+
+def peak_mib(fn, device: torch.device) -> float | None:
+    """Peak memory allocated while `fn` runs, above what was allocated before (CUDA only), in MiB."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def bench_memory(models: dict, settings: dict, device: torch.device) -> dict:
+    """Peak memory of one training step (ours vs the bare fused LM, same size) and of decoding (prefill + 32 tokens,
+    batch 1) at prompt lengths 64, 1k and 8k: a recurrent LM's decoding memory should not grow with the prompt."""
+    if device.type != "cuda":
+        return {"skipped": "peak memory is read from the CUDA allocator: measured on --device cuda only"}
+    steps = make_train_steps(models, settings, device, None)
+    train = {name: peak_mib(lambda n=name: steps[n](0), device) for name in ("bare_fused", "ours")}
+    decode = {}
+    ours = models["ours"].eval()
+    with torch.inference_mode():
+        for n in settings["memory_prompts"]:
+            prompt = torch.randint(3, settings["vocab_size"], (1, n), device=device)
+            decode[str(n)] = peak_mib(
+                lambda p=prompt: ours.generate(p, max_new_tokens=32, do_sample=False, eos_token_id=None), device
+            )
+    ours.train()
+    short, long = min(settings["memory_prompts"]), max(settings["memory_prompts"])
+    return {
+        "train_peak_mib": train,
+        "train ours/bare_fused": train["ours"] / train["bare_fused"],
+        "decode_peak_mib": decode,
+        f"decode {long}/{short}": decode[str(long)] / decode[str(short)],
+    }
+
+
+def bench_train_large(base: dict, device: torch.device, sizes: dict) -> dict:
+    """Training throughput and peak memory at larger sizes, fp32 and (CUDA) bf16 autocast: ours vs bare fused."""
+    results = {}
+    for label, size in sizes.items():
+        settings = dict(base, **size, train_steps=base["large_train_steps"], repeats=base["large_repeats"])
+        models = build_models(settings, device, names=("ours", "bare_fused"))
+        row = {"size": size, "parameters": count_parameters(models["ours"])}
+        precisions = {"fp32": None, "bf16_autocast": torch.bfloat16} if device.type == "cuda" else {"fp32": None}
+        for precision, dtype in precisions.items():
+            timing = bench_train(models, settings, device, dtype, variants=("bare_fused", "ours"))
+            steps = make_train_steps(models, settings, device, dtype)
+            memory = {name: peak_mib(lambda n=name, s=steps: s[n](0), device) for name in ("bare_fused", "ours")}
+            row[precision] = {
+                "tokens_per_s": timing["tokens_per_s"],
+                "ours/bare_fused": timing["ratios"]["ours/bare_fused"],
+                "peak_mib": memory,
+                "peak ours/bare_fused": memory["ours"] / memory["bare_fused"] if memory["ours"] else None,
+            }
+        results[label] = row
+        del models
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
 # ----- report -----
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -521,6 +818,49 @@ def verdicts(results: dict, settings: dict) -> dict:
                 "target": f"<= {DECODE_TARGET}",
                 "pass": value <= DECODE_TARGET,
             }
+    checks.update(issue14_verdicts(results))
+    return checks
+
+
+def check(value: float | None, target: str) -> dict:
+    """One verdict: `target` is '<= x' or '>= x'."""
+    op, bound = target.split()
+    passed = value is not None and (value <= float(bound) if op == "<=" else value >= float(bound))
+    return {"value": value, "target": target, "pass": passed}
+
+
+def issue14_verdicts(results: dict) -> dict:
+    checks = {}
+    overhead = results.get("overhead")
+    if overhead:  # our generate's per-token cost below transformers' own tiny models in the same run
+        for base in ("gpt2_generate", "mamba_generate"):
+            checks[f"overhead ours_generate/{base}"] = check(
+                overhead["ratios"][f"ours_generate/{base}"]["median"], "<= 1.0"
+            )
+    generate = results.get("generate")
+    if generate:  # compiled (static cache) generate on CUDA; on CPU the static cache runs eagerly
+        key = "batch1_greedy generate_static/bare_loop"
+        checks[f"generate {key}"] = check(generate["ratios"][key]["median"], f"<= {DECODE_TARGET}")
+    gpt2 = results.get("gpt2")
+    if gpt2:
+        checks["gpt2 tokens/s ours_generate_static/gpt2_generate"] = check(
+            gpt2["ratios"]["ours_generate_static/gpt2_generate"]["median"], f">= {GPT2_TARGET}"
+        )
+    memory = results.get("memory")
+    if memory and "skipped" not in memory:
+        checks["memory train ours/bare_fused"] = check(memory["train ours/bare_fused"], f"<= {MEMORY_TARGET}")
+        flat = next(key for key in memory if key.startswith("decode ") and "/" in key)
+        checks[f"memory {flat}"] = check(memory[flat], f"<= {FLATNESS_TARGET}")
+    for label, row in (results.get("train_large") or {}).items():
+        for precision in ("fp32", "bf16_autocast"):
+            if precision in row:
+                checks[f"train_large {label} {precision} ours/bare_fused"] = check(
+                    row[precision]["ours/bare_fused"]["median"], f">= {TRAIN_TARGET}"
+                )
+                if row[precision]["peak ours/bare_fused"] is not None:
+                    checks[f"train_large {label} {precision} peak memory ours/bare_fused"] = check(
+                        row[precision]["peak ours/bare_fused"], f"<= {MEMORY_TARGET}"
+                    )
     return checks
 
 
@@ -550,9 +890,39 @@ def print_report(results: dict) -> None:
         for key, ratio in decode["ratios"].items():
             print(f"  {key:<36} {span(ratio, '.3f')}")
         print(f"  same greedy tokens in all variants: {decode['same_tokens']}")
+    print_issue14_report(results)
     print("\nTargets (median of per-repeat ratios):")
     for key, check in results["targets"].items():
         print(f"  {key:<46} {check['value']:.3f} (target {check['target']}): {'PASS' if check['pass'] else 'FAIL'}")
+
+
+def print_issue14_report(results: dict) -> None:
+    overhead = results.get("overhead")
+    if overhead:
+        size = overhead["size"]
+        print(
+            f"\nPer-token overhead, tiny {size['num_layers']}x{size['hidden_size']} models, greedy, batch 1: ms/token"
+        )
+        for name, stats in overhead["ms_per_token"].items():
+            print(f"  {name:<22} {span(stats, '.3f')}")
+    generate = results.get("generate")
+    if generate:
+        print(f"\ngenerate vs bare step loop (compiled: {generate['compiled']}): ms/token")
+        for key, per_variant in generate["ms_per_token"].items():
+            print(f"  {key}: " + "  ".join(f"{name} {span(stats, '.3f')}" for name, stats in per_variant.items()))
+    gpt2 = results.get("gpt2")
+    if gpt2:
+        print(
+            "\nTokens/s at batch 1 vs GPT-2 124M: "
+            + "  ".join(f"{name} {span(stats, ',.0f')}" for name, stats in gpt2["tokens_per_s"].items())
+        )
+    if results.get("memory"):
+        print(f"\nPeak memory (MiB): {json.dumps(results['memory'])}")
+    for label, row in (results.get("train_large") or {}).items():
+        for precision in ("fp32", "bf16_autocast"):
+            if precision in row:
+                cells = "  ".join(f"{n} {span(st, ',.0f')}" for n, st in row[precision]["tokens_per_s"].items())
+                print(f"\nTraining {label} {precision}: tokens/s {cells}; peak MiB {row[precision]['peak_mib']}")
 
 
 # ----- command line -----
@@ -571,7 +941,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1.0, help="SGD learning rate (does not change the speed)")
     parser.add_argument("--clip", type=float, default=0.25, help="gradient-norm clipping (word_language_model)")
     parser.add_argument("--bf16", action="store_true", help="also time training under bf16 autocast (CUDA only)")
-    parser.add_argument("--only", choices=["train", "decode"], default=None, help="run one measurement only")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=MEASUREMENTS,
+        default=None,
+        help=f"measurements to run (default: {' '.join(DEFAULT_MEASUREMENTS)}; the overhead one on CPU only)",
+    )
+    parser.add_argument("--overhead-new-tokens", type=int, default=200, help="tokens per tiny-model overhead run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/speed_<dev>.json)")
     args = parser.parse_args(argv)
@@ -592,6 +969,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     }
     settings.update({key: value for key, value in overrides.items() if value is not None})
     settings.update(warmup=args.warmup, dropout=args.dropout, tie=args.tie, lr=args.lr, clip=args.clip, seed=args.seed)
+    settings["overhead_new_tokens"] = args.overhead_new_tokens
     if settings["new_tokens"] < 2:
         raise ValueError("--new-tokens must be at least 2: latency is measured between the first and last token.")
     return settings
@@ -617,19 +995,34 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": parameters,
         "checks": {"max_loss_difference": check_same_loss(models, settings, device)},
     }
-    if args.only in (None, "train"):
-        results["train"] = {"fp32": bench_train(models, settings, device)}
-        if args.bf16:
-            results["train"]["bf16_autocast"] = bench_train(models, settings, device, torch.bfloat16)
-    if args.only in (None, "decode"):
-        results["decode"] = bench_decode(models, settings, device)
+    out = args.out or REPO_ROOT / "bench" / "results" / f"speed_{args.device}_{args.sizes}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    only = args.only or [m for m in DEFAULT_MEASUREMENTS if m != "overhead" or device.type == "cpu"]
+    stages = {
+        "train": lambda: {
+            "fp32": bench_train(models, settings, device),
+            **({"bf16_autocast": bench_train(models, settings, device, torch.bfloat16)} if args.bf16 else {}),
+        },
+        "decode": lambda: bench_decode(models, settings, device),
+        "overhead": lambda: bench_overhead(settings, device),
+        "generate": lambda: bench_generate(models, settings, device),
+        "gpt2": lambda: bench_gpt2(models, settings, device),
+        "memory": lambda: bench_memory(models, settings, device),
+        "train_large": lambda: bench_train_large(
+            settings, device, LARGE_TRAIN_TINY if settings["sizes"] == "tiny" else LARGE_TRAIN
+        ),
+    }
+    for name in MEASUREMENTS:
+        if name in only:
+            started = time.perf_counter()
+            results[name] = stages[name]()
+            results.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
+            out.write_text(json.dumps(results, indent=2) + "\n")  # a stage cut off by a deadline keeps the others
     if hasattr(os, "getloadavg"):
         results["environment"]["load_average_at_end"] = os.getloadavg()
     results["targets"] = verdicts(results, settings)
 
     print_report(results)
-    out = args.out or REPO_ROOT / "bench" / "results" / f"speed_{args.device}_{args.sizes}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nWrote {out}")
     return results

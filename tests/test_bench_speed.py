@@ -29,11 +29,13 @@ def positive_stats(stats: dict) -> bool:
 def test_speed_script_writes_complete_json(speed, tmp_path, one_thread):
     out = tmp_path / "speed.json"
     argv = ["--device", "cpu", "--sizes", "tiny", "--threads", "1", "--repeats", "2", "--warmup", "1"]
-    returned = speed.main([*argv, "--new-tokens", "4", "--prompt-lengths", "4", "16", "--out", str(out)])
+    argv += ["--new-tokens", "4", "--prompt-lengths", "4", "16", "--overhead-new-tokens", "4"]
+    returned = speed.main([*argv, "--out", str(out)])
     results = json.loads(out.read_text())
     assert results == json.loads(json.dumps(returned))  # what is written is what main returns
 
     assert {"date", "environment", "settings", "parameters", "checks", "train", "decode", "targets"} <= set(results)
+    assert "overhead" in results and "generate" not in results  # the CPU default run; the GPU stages by name
     for key in ("device", "device_name", "threads", "torch", "transformers"):
         assert results["environment"][key]
     assert results["environment"]["threads"] == 1
@@ -61,7 +63,39 @@ def test_speed_script_writes_complete_json(speed, tmp_path, one_thread):
         "decode generate@16/generate@4",
         "decode generate/bare_loop@4",
         "decode generate/bare_loop@16",
+        "overhead ours_generate/gpt2_generate",
+        "overhead ours_generate/mamba_generate",
     }
+    overhead = results["overhead"]
+    assert set(overhead["ms_per_token"]) == {
+        "ours_generate",
+        "ours_generate_static",
+        "bare_loop",
+        "gpt2_generate",
+        "mamba_generate",
+    }
+    assert all(positive_stats(stats) for stats in overhead["ms_per_token"].values())
+
+
+def test_issue14_measurements_write_their_rows(speed, tmp_path, one_thread):
+    """The GPU stage's measurements (generate matrix, GPT-2 124M, memory, larger training) at toy sizes on the CPU:
+    compiled variants and peak memory are CUDA-only and are marked as such."""
+    out = tmp_path / "speed.json"
+    argv = ["--device", "cpu", "--sizes", "tiny", "--threads", "1", "--repeats", "1", "--warmup", "1"]
+    argv += ["--new-tokens", "3", "--only", "generate", "gpt2", "memory", "train_large", "--out", str(out)]
+    results = json.loads(json.dumps(speed.main(argv)))
+    assert json.loads(out.read_text()) == results
+    assert not results["generate"]["compiled"]
+    assert set(results["generate"]["ms_per_token"]) == {
+        f"batch{batch}_{mode}" for batch in (1, 4) for mode in ("greedy", "sampling")
+    }
+    assert "batch1_greedy generate_static/bare_loop" in results["generate"]["ratios"]
+    assert positive_stats(results["gpt2"]["ratios"]["ours_generate_static/gpt2_generate"])
+    assert "skipped" in results["memory"]
+    (row,) = results["train_large"].values()
+    assert positive_stats(row["fp32"]["ours/bare_fused"])
+    assert set(results["seconds"]) == {"generate", "gpt2", "memory", "train_large"}
+    assert "gpt2 tokens/s ours_generate_static/gpt2_generate" in results["targets"]
 
 
 def test_compare_pairs_repeats(speed):
