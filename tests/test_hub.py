@@ -249,6 +249,13 @@ def test_card_command_regenerates_the_card(model_dir, capsys):
     assert set(capsys.readouterr().out.split()) >= {"README.md", "model.safetensors"}
 
 
+@pytest.mark.parametrize("spelling", [["--repo-id", "old/style"], ["--repo-id=old/style"]])
+def test_old_hyphenated_hub_flags_still_work_with_a_warning(model_dir, capsys, spelling):
+    assert main(["card", str(model_dir), *spelling]) == 0
+    assert "--repo-id is deprecated, use --repo_id" in capsys.readouterr().err
+    assert 'from_pretrained("old/style", trust_remote_code=True)' in (model_dir / "README.md").read_text()
+
+
 # ------------------------------------------------------------------------------------------- 2 + 3. round trip
 
 LOAD_SCRIPT = textwrap.dedent(
