@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .modeling_rnn_lm import CACHE_FIELD
+from .modeling_rnn_lm import CACHE_FIELD, IGNORE_INDEX
 
 
 @dataclass
@@ -198,7 +198,7 @@ def fresh_start_perplexities(
         for i, row in enumerate(rows):
             input_ids[i, : len(row)], mask[i, : len(row)] = torch.as_tensor(row), 1
         logits = model(input_ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        targets = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
         fresh += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum"))
         for i, row in enumerate(rows):
             start = starts[batch_start + i]

@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import StreamSegments
 from .metrics import metric_path
-from .modeling_rnn_lm import CACHE_FIELD, RNNLMCache
+from .modeling_rnn_lm import CACHE_FIELD, IGNORE_INDEX, RNNLMCache
 from .nt_asgd import NTASGDCallback
 
 
@@ -43,7 +43,15 @@ STREAM_KEYS = ("stream_id", "segment_id")
 
 @dataclass
 class RNNLMTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus AWD-LSTM's optimisation knobs (Merity et al. 2018); all off by default."""
+    """`TrainingArguments` plus Zaremba et al.'s epoch-wise decay and AWD-LSTM's optimisation knobs (Merity et al.
+    2018); all off by default."""
+
+    lr_decay: float | None = field(
+        default=None, metadata={"help": "Multiply the learning rate by this at each epoch from lr_decay_start_epoch."}
+    )
+    lr_decay_start_epoch: int = field(
+        default=1, metadata={"help": "Epochs at the initial learning rate (Zaremba: 4)."}
+    )
 
     activation_regularization: float = field(
         default=0.0,
@@ -76,6 +84,8 @@ class RNNLMTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
+            raise ValueError(f"--lr_decay must be in (0, 1], got {self.lr_decay}.")
         for name in ("activation_regularization", "temporal_activation_regularization"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
@@ -183,9 +193,8 @@ class RNNLMTrainer(Trainer):
     """`Trainer` that carries the recurrent state across batches of a `StreamSegments` split and evaluates
     perplexity token-weighted over the whole split (the way published PTB/WikiText numbers are computed)."""
 
-    def __init__(self, *args, lr_decay: float | None = None, lr_decay_start_epoch: int = 1, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.lr_decay, self.lr_decay_start_epoch = lr_decay, lr_decay_start_epoch
         self.carried = {"train": CarriedState(), "eval": CarriedState()}
         self.perplexity_metric = evaluate.load(metric_path("perplexity"), keep_in_memory=True)
         self.ar_alpha = getattr(self.args, "activation_regularization", 0.0)
@@ -211,11 +220,12 @@ class RNNLMTrainer(Trainer):
         return super()._get_train_sampler(train_dataset) if train_dataset is not None else super()._get_train_sampler()
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_decay is None or self.lr_scheduler is not None:
+        lr_decay = getattr(self.args, "lr_decay", None)  # plain TrainingArguments have no epoch-wise decay
+        if lr_decay is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         accumulation = self.args.gradient_accumulation_steps
         steps_per_epoch = max(1, math.ceil(len(self.get_train_dataloader()) / accumulation))
-        factor = epoch_decay_lambda(steps_per_epoch, self.lr_decay, self.lr_decay_start_epoch)
+        factor = epoch_decay_lambda(steps_per_epoch, lr_decay, self.args.lr_decay_start_epoch)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
         return self.lr_scheduler
 
@@ -327,9 +337,9 @@ class RNNLMTrainer(Trainer):
                 outputs = model(**inputs, cache=cache, use_cache=stateful)
                 carried.cache = getattr(outputs, CACHE_FIELD)
                 nll = torch.nn.functional.cross_entropy(
-                    outputs.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+                    outputs.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
                 )
-                count = (targets != -100).sum()
+                count = (targets != IGNORE_INDEX).sum()
                 pair = self.accelerator.gather(torch.stack([nll, count.to(nll.dtype)]).unsqueeze(0))
                 nll_sums += pair[:, 0].tolist()
                 token_counts += pair[:, 1].long().tolist()

@@ -14,15 +14,6 @@ import transformers
 from transformers import TrainingArguments, default_data_collator
 
 from rnn_lm_hf import RNNLMForCausalLM, RNNLMForTokenClassification
-from rnn_lm_hf.cli import (
-    CLM_DEFAULTS,
-    FINETUNE_DEFAULTS,
-    RunArguments,
-    apply_run_arguments,
-    default_threads,
-    parse_script_args,
-    set_threads,
-)
 from rnn_lm_hf.data import group_into_blocks
 from rnn_lm_hf.trainer import (
     CheckpointWriteError,
@@ -33,6 +24,15 @@ from rnn_lm_hf.trainer import (
     last_complete_checkpoint,
 )
 from rnn_lm_hf.training import train_token_classification
+from rnn_lm_hf.training.scaffold import (
+    CLM_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    RunArguments,
+    apply_run_arguments,
+    default_threads,
+    parse_script_args,
+    set_threads,
+)
 from tests.conftest import make_config
 
 
