@@ -9,6 +9,9 @@
 #   A. PTB in 200 s of training with the AWD-style recipe (training/configs/ptb_awd_budget_gpu.json), then its test
 #      perplexity static, with the neural cache and with dynamic evaluation (tuned on validation);
 #   1. bench/speed.py --sizes full --bf16 on the otherwise idle GPU (ratios to bare PyTorch, interleaved repeats);
+#  1b. issue 14 (bench/speed.py --only generate gpt2 memory train_large, at most 240 s): generate vs the bare step
+#      loop at batch 1/64, greedy/sampling, eager and compiled (static cache, CUDA graphs); tokens/s vs GPT-2 124M;
+#      peak memory of training and of decoding after 64/1k/8k-token prompts; training at 2x1500 and 3x1024/50k;
 #   2. the WikiText-2 transfer LM ($LM_CONFIG), packed into $OUT/lm.tar so the fine-tuning can go on elsewhere;
 #   3. the LM-based downstream rows (bench/downstream.py --init scratch-lm pretrained), $JOBS runs sharing the GPU;
 #      runs still going at the deadline are stopped and reported as unfinished, never as results.
@@ -52,11 +55,13 @@ if [ "$SMOKE" = 1 ]; then
             --config_overrides "cell_type=lstm,embedding_size=16,hidden_size=24,num_hidden_layers=2,dropout=0.3")
   RUN_FLAGS=(-- --max_steps 2)
   SPEED_FLAGS=(--device cpu --sizes tiny)
+  ISSUE14_FLAGS=(--device cpu --sizes tiny --new-tokens 4)
 else
   DEVICE=cuda
   LM_FLAGS=(--use_cpu false --tf32 true --max_train_minutes 2.5)
   RUN_FLAGS=()
   SPEED_FLAGS=(--device cuda --sizes full --bf16 --repeats 5)
+  ISSUE14_FLAGS=(--device cuda --sizes full --repeats 3 --new-tokens 64)
 fi
 
 log "stage 0: CUDA tests"
@@ -86,6 +91,11 @@ log "PTB AWD evaluation exit $?"
 log "stage 1: speed ($(left) s left)"
 timeout 90 $PY bench/speed.py "${SPEED_FLAGS[@]}" --out "$OUT/speed.json" > $LOGS/speed.log 2>&1
 log "speed exit $?"
+
+log "stage 1b: issue 14, compiled decoding / GPT-2 / memory / larger training ($(left) s left)"
+timeout 240 $PY bench/speed.py "${ISSUE14_FLAGS[@]}" --only generate gpt2 memory train_large \
+  --out "$OUT/speed_issue14.json" > $LOGS/speed_issue14.log 2>&1
+log "issue-14 speed exit $? ($(grep -c PASS $LOGS/speed_issue14.log) pass, $(grep -c FAIL $LOGS/speed_issue14.log) fail)"
 
 log "stage 2: LM $LM_CONFIG ($(left) s left)"
 timeout "$(seconds_left_but 60)" $PY training/train_clm.py $LM_CONFIG --output_dir $LM "${LM_FLAGS[@]}" \
