@@ -171,15 +171,19 @@ def plot_gradient_flow(results: dict[str, dict], path: str | Path) -> None:
 
 
 def plot_agreement(summary: dict, label: str, path: str | Path) -> None:
-    """One bar panel per breakdown field, with the overall accuracy and chance (0.5) as lines."""
+    """One bar panel per breakdown field (three per row), with the overall accuracy and chance (0.5) as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fields = [f for f in summary["by"] if 1 < len(summary["by"][f]) <= 20] or list(summary["by"])[:1]
-    figure, axes = plt.subplots(1, max(1, len(fields)), figsize=(4.5 * max(1, len(fields)), 3.6), squeeze=False)
-    for axis, field in zip(axes[0], fields):
+    columns = min(3, len(fields))
+    rows = -(-len(fields) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat[len(fields) :]:
+        axis.set_visible(False)
+    for axis, field in zip(axes.flat, fields):
         groups = summary["by"][field]
         axis.bar(range(len(groups)), [g["accuracy"] for g in groups.values()], color="tab:blue")
         axis.set_xticks(range(len(groups)), [f"{k}\n(n={g['count']})" for k, g in groups.items()], fontsize=7)

@@ -240,3 +240,20 @@ def test_cli_bad_input_is_one_clear_error(saved_model, tmp_path):
     write_pairs([{"prefix": "the dog", "good": "is"}], tmp_path / "bad.jsonl")
     with pytest.raises(ValueError, match="prefix, good, bad must all be non-empty"):
         main(["agreement", str(folder), "--pairs", str(tmp_path / "bad.jsonl"), "--output_dir", str(tmp_path)])
+
+
+def test_the_recorded_experiment_trains_the_three_cells_the_same_way():
+    from tests.conftest import load_bench_script
+
+    theory = load_bench_script("theory")
+    runs = theory.jobs()
+    for corpus in ("demo", "ptb") if theory.PTB.is_dir() else ("demo",):
+        arguments = {cell: runs[f"{corpus}_{cell}"] for cell in ("rnn", "lstm", "gru")}
+        # Identical but for the cell type in --config_overrides.
+        assert arguments["rnn"] == [a.replace("cell_type=lstm", "cell_type=rnn") for a in arguments["lstm"]]
+        assert arguments["rnn"] == [a.replace("cell_type=gru", "cell_type=rnn") for a in arguments["gru"]]
+    clipped, unclipped = runs["explode_clip0.25"], runs["explode_clip0"]
+    assert clipped[:-1] == unclipped[:-1] and (clipped[-2:], unclipped[-2:]) == (
+        ["--max_grad_norm", "0.25"],
+        ["--max_grad_norm", "0"],
+    )
