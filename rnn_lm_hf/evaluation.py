@@ -256,11 +256,13 @@ def continuation_log_probs(
 
     The continuation is tokenized in context (`f"{context} {continuation}"`, so a BPE word gets its leading-space
     token) and may span several tokens; an empty context scores the whole continuation as a sentence. With
-    `prepend_eos`, the context follows `<eos>`, as every line does in a stream built with `add_eos=True`; without
-    it, an empty context leaves the first token unscored. `model` is any causal LM called as
+    `prepend_eos`, the context follows `<eos>`, as every line does in a stream built with `add_eos=True` (a model with
+    `start_after_eos` reads that `<eos>` itself); without it, an empty context leaves the first token unscored. `model` is any causal LM called as
     `model(input_ids=..., attention_mask=...)` returning `.logits` (batch, seq_len, vocab_size); batches are
     left-padded, which the package's models read as unpadded rows.
     """
+    if getattr(getattr(model, "config", None), "start_after_eos", False):
+        prepend_eos = False  # the model reads an <eos> before a fresh state itself
     start = [tokenizer.eos_token_id] if prepend_eos else []
     candidates = []  # (context ids, continuation ids)
     for context, continuation in items:

@@ -257,3 +257,14 @@ def test_the_recorded_experiment_trains_the_three_cells_the_same_way():
         ["--max_grad_norm", "0.25"],
         ["--max_grad_norm", "0"],
     )
+
+
+def test_a_model_that_reads_its_own_eos_gets_no_second_one(char_tokenizer):
+    model = RNNLMForCausalLM(make_config("lstm", vocab_size=len(char_tokenizer), start_after_eos=True, eos_token_id=2))
+    pair = generate_agreement_pairs(1, seed=0)[0]
+    ((good, _),) = score_pairs(model.eval(), char_tokenizer, [pair])
+    prefix = char_tokenizer(pair["prefix"], add_special_tokens=False)["input_ids"]
+    ids = char_tokenizer(f"{pair['prefix']} {pair['good']}", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        log_probs = model(torch.tensor([ids])).logits[0].log_softmax(-1)  # the model starts after its own <eos>
+    assert good == pytest.approx(sum(float(log_probs[i - 1, ids[i]]) for i in range(len(prefix), len(ids))), abs=1e-4)
