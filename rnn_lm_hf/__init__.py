@@ -11,6 +11,7 @@ from .modeling_rnn_lm import (
     RNNLMForTokenClassification,
     RNNLMModel,
     RNNLMPreTrainedModel,
+    RNNLMStaticCache,
 )
 
 
@@ -26,6 +27,7 @@ for _auto_name, _model_class in MODEL_CLASSES.items():
 __all__ = [
     "MODEL_CLASSES",
     "RNNLMCache",
+    "RNNLMStaticCache",
     "RNNLMConfig",
     "RNNLMPreTrainedModel",
     "RNNLMModel",
