@@ -7,6 +7,8 @@ from transformers import PretrainedConfig
 CELL_TYPES = ("rnn", "lstm", "gru")
 NONLINEARITIES = ("tanh", "relu")
 POOLING_TYPES = ("last", "mean", "max", "concat")
+# Chunk prefixes of each tag scheme a CRF can be constrained to (`crf_scheme`); "O" is outside every chunk.
+CRF_SCHEMES = {"IOB1": ("B", "I"), "IOB2": ("B", "I"), "BIOES": ("B", "I", "E", "S")}
 
 
 class RNNLMConfig(PretrainedConfig):
@@ -75,6 +77,13 @@ class RNNLMConfig(PretrainedConfig):
             How the sequence head summarises a sentence: `"last"` (state at the last real token; with
             `bidirectional`, concatenated with the backward state at the first real token), `"mean"` or `"max"` over
             the real tokens, or `"concat"`: last ‖ max ‖ mean, 3x `output_size` features (ULMFiT, Howard & Ruder 2018).
+        use_crf (`bool`, *optional*, defaults to `False`):
+            Token classification: a linear-chain CRF over the tags (Lample et al. 2016). Training maximises the
+            likelihood of the whole tag sequence; `logits` are then max-marginals, whose argmax is the Viterbi path,
+            so the token-classification pipeline returns Viterbi tags.
+        crf_scheme (`str`, *optional*):
+            With `use_crf`: forbid the moves the tag scheme does not allow, one of `"IOB1"`, `"IOB2"`, `"BIOES"`
+            (e.g. `O` -> `I-PER` in IOB2). `None`: every move allowed, the CRF learns the transitions alone.
         use_cache (`bool`, *optional*, defaults to `True`):
             Return the recurrent state so generation costs one step per new token.
         pad_token_id (`int`, *optional*, defaults to 0):
@@ -136,6 +145,8 @@ class RNNLMConfig(PretrainedConfig):
         start_after_eos: bool = False,
         classifier_dropout: float | None = None,
         classifier_pooling: str = "last",
+        use_crf: bool = False,
+        crf_scheme: str | None = None,
         use_cache: bool = True,
         pad_token_id: int | None = 0,
         bos_token_id: int | None = 1,
@@ -163,6 +174,8 @@ class RNNLMConfig(PretrainedConfig):
         self.start_after_eos = start_after_eos
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
+        self.use_crf = use_crf
+        self.crf_scheme = crf_scheme
         self.use_cache = use_cache
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
@@ -187,6 +200,8 @@ class RNNLMConfig(PretrainedConfig):
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
+        if self.crf_scheme is not None:
+            _check_choice("crf_scheme", self.crf_scheme, tuple(CRF_SCHEMES))
         for name in ("dropout", "dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output"):
             _check_probability(name, getattr(self, name))
         _check_probability("weight_drop", self.weight_drop)

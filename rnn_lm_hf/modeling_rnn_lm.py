@@ -22,7 +22,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_rnn_lm import RNNLMConfig
+from .configuration_rnn_lm import CRF_SCHEMES, RNNLMConfig
 
 
 logger = logging.get_logger(__name__)
@@ -275,7 +275,10 @@ class RNNLMPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Through `transformers.initialization`, which skips tensors already loaded by from_pretrained.
         bound = self.config.initializer_range
-        if isinstance(module, (nn.Embedding, nn.Linear)):
+        if isinstance(module, RNNLMCRF):  # no preference among tags or moves until trained
+            for param in module.parameters():
+                init.zeros_(param)
+        elif isinstance(module, (nn.Embedding, nn.Linear)):
             init.uniform_(module.weight, -bound, bound)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
@@ -663,8 +666,112 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
     forward.__signature__ = inspect.signature(forward)
 
 
+# A forbidden tag move's score: exp(-1e4) is 0 in float32, yet it stays finite (no inf - inf = nan in the recursions).
+FORBIDDEN_MOVE = -1e4
+
+
+def allowed_tag_moves(labels: list[str], scheme: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which first tags (L,), tag-to-tag moves (L, L: from row to column) and last tags (L,) a scheme allows: an
+    `I-X` (IOB1: a `B-X`) must continue an X chunk; in BIOES a chunk opened by `B-X` goes on with `I-X` and closes
+    with `E-X`, and nothing else may follow or end it. `None` allows every move."""
+    size = len(labels)
+    if scheme is None:
+        everything = torch.ones(size, dtype=torch.bool)
+        return everything, torch.ones(size, size, dtype=torch.bool), everything
+    tags = []
+    for label in labels:
+        prefix, _, kind = label.partition("-")
+        if label != "O" and not (kind and prefix in CRF_SCHEMES[scheme]):
+            raise ValueError(
+                f"label {label!r} is no {scheme} tag (O or {'/'.join(CRF_SCHEMES[scheme])}-TYPE): set crf_scheme to "
+                "the scheme of the labels, or to None for a CRF without constraints."
+            )
+        tags.append((prefix, kind))
+
+    def allowed(previous: tuple[str, str] | None, tag: tuple[str, str]) -> bool:
+        in_chunk = previous is not None and previous[0] in ("B", "I")
+        continues = in_chunk and previous[1] == tag[1]
+        if scheme == "IOB2":
+            return tag[0] != "I" or continues
+        if scheme == "IOB1":
+            return tag[0] != "B" or continues
+        return (tag[0] in ("I", "E") and continues) if in_chunk else tag[0] in ("O", "B", "S")
+
+    start = torch.tensor([allowed(None, tag) for tag in tags])
+    moves = torch.tensor([[allowed(previous, tag) for tag in tags] for previous in tags])
+    end = torch.tensor([scheme != "BIOES" or prefix not in ("B", "I") for prefix, _ in tags])
+    return start, moves, end
+
+
+class RNNLMCRF(nn.Module):
+    """A linear-chain CRF over the tags (Lafferty et al. 2001; the BiLSTM-CRF of Huang et al. 2015 and Lample et al.
+    2016): learned start, transition and end scores, the moves of `crf_scheme` forbidden. Written here rather than
+    taken from `pytorch-crf`, because this file ships as Hub code with torch and transformers as its only imports.
+
+    Positions labelled -100 (unlabelled sub-words) are latent: the likelihood sums over their tags, so decoding every
+    token, as the pipeline does, matches what was trained. Padding (`mask` 0) is skipped on either side.
+    """
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__()
+        size = config.num_labels
+        self.start_scores = nn.Parameter(torch.zeros(size))
+        self.transition_scores = nn.Parameter(torch.zeros(size, size))  # [from, to]
+        self.end_scores = nn.Parameter(torch.zeros(size))
+        labels = [config.id2label[i] for i in range(size)]
+        for name, allowed in zip(("start", "transition", "end"), allowed_tag_moves(labels, config.crf_scheme)):
+            # Derived from the config (labels and scheme), so never saved.
+            self.register_buffer(f"{name}_penalty", torch.where(allowed, 0.0, FORBIDDEN_MOVE), persistent=False)
+
+    def scores(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(start (L,), transitions (L, L), end (L,)), forbidden moves included at FORBIDDEN_MOVE."""
+        return (
+            self.start_scores + self.start_penalty,
+            self.transition_scores + self.transition_penalty,
+            self.end_scores + self.end_penalty,
+        )
+
+    def forward_scores(self, emissions: torch.Tensor, mask: torch.Tensor, reduce) -> torch.Tensor:
+        """(batch, seq_len, L): the summed (`reduce=torch.logsumexp`) or best (max) score of the paths that end in each
+        tag at each position, its emission included. Padding carries the scores over unchanged."""
+        start, moves, _ = self.scores()
+        alpha = start.expand(emissions.shape[0], -1)  # before the first real token: the start scores only
+        started = torch.zeros_like(mask[:, :1])
+        alphas = []
+        for t in range(emissions.shape[1]):
+            stepped = torch.where(started, reduce(alpha.unsqueeze(2) + moves, dim=1), alpha) + emissions[:, t]
+            real = mask[:, t : t + 1]
+            alpha, started = torch.where(real, stepped, alpha), started | real
+            alphas.append(alpha)
+        return torch.stack(alphas, 1)
+
+    def log_likelihood(self, emissions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log p(labels | emissions) of each sequence, (batch,), summed over the tags of the -100 positions."""
+        gold = nn.functional.one_hot(labels.clamp(min=0), emissions.shape[-1]).bool()
+        clamped = emissions.masked_fill((labels != IGNORE_INDEX).unsqueeze(-1) & ~gold, FORBIDDEN_MOVE)
+        # The gold paths' score and the partition function in one pass, the two batches stacked.
+        alphas = self.forward_scores(torch.cat([clamped, emissions]), torch.cat([mask, mask]), torch.logsumexp)
+        gold_score, partition = torch.logsumexp(alphas[:, -1] + self.scores()[2], dim=-1).chunk(2)
+        return gold_score - partition
+
+    def max_marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, seq_len, L): the score of the best whole path through each tag at each position. Its argmax is the
+        Viterbi path at every position (the best path runs through its own tags), and its softmax says how far the
+        best alternative falls behind: the pipeline reads Viterbi tags with a confidence."""
+        _, moves, end = self.scores()
+        best_before = self.forward_scores(emissions, mask, lambda scores, dim: scores.max(dim).values)
+        after = end.expand(emissions.shape[0], -1)  # the best of what follows each tag (at the last token: the end)
+        best_after = [after] * emissions.shape[1]
+        for t in reversed(range(emissions.shape[1])):
+            best_after[t] = after
+            stepped = (moves + (emissions[:, t] + after).unsqueeze(1)).max(-1).values
+            after = torch.where(mask[:, t : t + 1], stepped, after)
+        return best_before + torch.stack(best_after, 1)
+
+
 class RNNLMForTokenClassification(RNNLMPreTrainedModel):
-    """A tag per token (POS, NER) from the recurrent states; bidirectional encoders see both contexts."""
+    """A tag per token (POS, NER) from the recurrent states; bidirectional encoders see both contexts. With
+    `use_crf`, a CRF scores whole tag sequences and `logits` are its max-marginals (argmax: the Viterbi tags)."""
 
     def __init__(self, config: RNNLMConfig):
         super().__init__(config)
@@ -672,6 +779,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         self.model = RNNLMModel(config)
         self.dropout = nn.Dropout(config.head_dropout)
         self.classifier = nn.Linear(config.output_size, config.num_labels)
+        self.crf = RNNLMCRF(config) if config.use_crf else None
         self.post_init()
 
     def forward(
@@ -686,7 +794,8 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
     ) -> TokenClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
-            Tag ids in `[0, num_labels)`; `-100` (padding, unlabelled sub-words) is ignored.
+            Tag ids in `[0, num_labels)`; `-100` (padding, unlabelled sub-words) is ignored (with `use_crf`: left
+            to the CRF, which sums over its tags).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
@@ -701,6 +810,13 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         loss = None
         if labels is not None:
             check_labels(labels, logits.shape[:2], num_classes=self.num_labels)
+        if self.crf is not None:
+            mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits[..., 0], dtype=bool)
+            if labels is not None:  # the negative log-likelihood of the tag sequences, averaged over sequences
+                loss = -self.crf.log_likelihood(logits, labels, mask).mean()
+            with torch.no_grad():
+                logits = self.crf.max_marginals(logits, mask)
+        elif labels is not None:
             loss = self.loss_function(logits, labels, self.config, **kwargs)
         output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
@@ -801,6 +917,7 @@ def auto_map() -> dict[str, str]:
 
 __all__ = [
     "IGNORE_INDEX",
+    "RNNLMCRF",
     "MODEL_CLASSES",
     "RNNLMCache",
     "RNNLMPreTrainedModel",
