@@ -33,6 +33,7 @@ COMMON = [
 ]  # fmt: skip
 TRAINED = ["--optim", "adamw_torch", "--learning_rate", "0.005", "--max_grad_norm", "0.25", "--warmup_steps", "20"]
 DEMO = ["--demo_sentences", "300" if SMOKE else "20000", "--num_train_epochs", "1" if SMOKE else "3"]
+WARMUP_LINES = 3  # validation lines read before every agreement pair in the "warm" measurement
 # The exploding case: a ReLU RNN and plain SGD at learning rate 1, once clipped at 0.25 and once not.
 EXPLODE = ["--optim", "sgd", "--learning_rate", "1.0", "--on_nonfinite", "skip", "--logging_steps", "5"]
 
@@ -113,10 +114,16 @@ def plot_exploding(curves: dict[str, dict], path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, curve in curves.items():
+        # A log whose window had a non-finite step shows no loss (Trainer's nan filter logs 0) and a NaN norm.
+        counts = dict(curve.get("nonfinite_steps", []))
+        previous = dict(zip(sorted(counts)[1:], [counts[s] for s in sorted(counts)]))
+        broken = {s for s, c in counts.items() if c > previous.get(s, 0)}
         for axis, key in zip(axes, ("loss", "grad_norm")):
-            points = [(s, v) for s, v in curve.get(key, []) if v == v]  # NaN steps are left out
+            points = [(s, v) for s, v in curve.get(key, []) if s not in broken and v == v]
             axis.plot([s for s, _ in points], [v for _, v in points], marker=".", label=name)
-    for axis, key in zip(axes, ("training loss (NaN steps omitted)", "pre-clip gradient norm")):
+            if broken:
+                axis.axvspan(min(broken) - 5, max(broken), color="tab:red", alpha=0.08, label=f"{name}: non-finite")
+    for axis, key in zip(axes, ("training loss (logs with non-finite steps omitted)", "pre-clip gradient norm")):
         axis.set_yscale("log")
         axis.set_xlabel("optimizer step")
         axis.set_title(key)
@@ -127,8 +134,9 @@ def plot_exploding(curves: dict[str, dict], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_agreement_comparison(summary: dict, path: Path) -> None:
-    """Accuracy by distance and by number of attractors, one line per cell type and corpus."""
+def plot_agreement_comparison(summary: dict, suffix: str, path: Path) -> None:
+    """Accuracy by distance, attractors and construction, one line per cell type and corpus (keys ending in
+    `suffix`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,9 +144,9 @@ def plot_agreement_comparison(summary: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for key, result in summary.items():
-        if not key.endswith("_agreement"):
+        if not key.endswith(suffix):
             continue
-        label = key.removesuffix("_agreement").replace("_", " ")
+        label = key.removesuffix(suffix).replace("_", " ")
         style = "-" if key.startswith("demo") else "--"
         for axis, field in zip(axes, ("distance", "attractors", "construction")):
             groups = result["by"][field]
@@ -183,20 +191,22 @@ def analyze(runs: dict[str, list[str]]) -> dict:
         pairs = RESULTS / f"{corpus}_pairs.jsonl"
         analysis.main(["pairs", "--output", str(pairs), "--n", "200" if SMOKE else "2000", "--lexicon", corpus])
         summary[f"{corpus}_oov_pair_words"] = out_of_vocabulary(pairs, RUNS / f"{corpus}_rnn")
+        # Fresh: each pair starts from a zero state after one <eos>. Warm: after the first WARMUP_LINES lines of the
+        # validation split (each ending in <eos>), as in the carried-state stream the models were trained on.
+        valid = RUNS / "demo_rnn" / "data" / "validation.txt" if corpus == "demo" else text
+        warmup = " ".join(line.strip() + " <eos>" for line in valid.read_text().splitlines()[:WARMUP_LINES])
+        summary[f"{corpus}_warmup_context"] = warmup
         for cell in CELLS:
-            out = RESULTS / f"{corpus}_{cell}_agreement"
-            analysis.main(
-                ["agreement", f"{cell}={RUNS / f'{corpus}_{cell}'}", "--pairs", str(pairs)]
-                + [
-                    "--output_dir",
-                    str(out),
-                ]
-            )
-            summary[f"{corpus}_{cell}_agreement"] = json.loads((out / "agreement.json").read_text())
-            summary[f"{corpus}_{cell}_results"] = json.loads(
-                (RUNS / f"{corpus}_{cell}" / "all_results.json").read_text()
-            )
-    plot_agreement_comparison(summary, RESULTS / "agreement_comparison.png")
+            model = f"{cell}={RUNS / f'{corpus}_{cell}'}"
+            for suffix, context in (("agreement", ""), ("agreement_warm", warmup)):
+                out = RESULTS / f"{corpus}_{cell}_{suffix}"
+                agreement = ["agreement", model, "--pairs", str(pairs), "--output_dir", str(out)]
+                analysis.main([*agreement, "--context", context])
+                summary[f"{corpus}_{cell}_{suffix}"] = json.loads((out / "agreement.json").read_text())
+            results = RUNS / f"{corpus}_{cell}" / "all_results.json"
+            summary[f"{corpus}_{cell}_results"] = json.loads(results.read_text())
+    plot_agreement_comparison(summary, "_agreement", RESULTS / "agreement_comparison.png")
+    plot_agreement_comparison(summary, "_agreement_warm", RESULTS / "agreement_comparison_warm.png")
     curves = {name: training_curves(name) for name in runs if name.startswith("explode")}
     plot_exploding(curves, RESULTS / "exploding.png")
     summary["exploding"] = curves

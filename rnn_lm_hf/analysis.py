@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     agreement.add_argument("--batch_size", type=int, default=64)
     agreement.add_argument("--by", nargs="*", default=None, help="fields to break down by (default: all)")
     agreement.add_argument("--no_prepend_eos", action="store_true", help="do not start each text after <eos>")
+    agreement.add_argument("--context", default="", help="text read (unscored) before every pair, e.g. 'x . <eos>'")
     pairs = commands.add_parser("pairs", help="write template subject-verb agreement pairs")
     pairs.add_argument("--output", required=True, help="the .jsonl file to write")
     pairs.add_argument("--n", type=int, default=1000)
@@ -256,8 +257,11 @@ def main(argv: list[str]) -> int:
     else:
         label, model, tokenizer, _ = load(args.model)
         pairs = minimal_pairs.read_pairs(args.pairs)
-        scores = minimal_pairs.score_pairs(model, tokenizer, pairs, args.batch_size, not args.no_prepend_eos)
-        summary = {"model": args.model, "pairs": args.pairs, **minimal_pairs.summarize(pairs, scores, args.by)}
+        scores = minimal_pairs.score_pairs(
+            model, tokenizer, pairs, args.batch_size, not args.no_prepend_eos, args.context
+        )
+        summary = {"model": args.model, "pairs": args.pairs, "context": args.context}
+        summary.update(minimal_pairs.summarize(pairs, scores, args.by))
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "agreement.json").write_text(json.dumps(summary, indent=1))
         plot_agreement(summary, label, output_dir / "agreement.png")

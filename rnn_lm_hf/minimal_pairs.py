@@ -187,16 +187,23 @@ def check_pair(pair, where: str) -> None:
     raise ValueError(f"{where}: a pair needs the fields prefix, good, bad or sentence_good, sentence_bad.")
 
 
-def score_pairs(model, tokenizer, pairs: list[dict], batch_size: int = 64, prepend_eos: bool = True) -> list[tuple]:
+def score_pairs(
+    model, tokenizer, pairs: list[dict], batch_size: int = 64, prepend_eos: bool = True, context: str = ""
+) -> list[tuple]:
     """(log p(good), log p(bad)) per pair: of the continuation after the prefix, or of the whole sentence (summed over
-    its tokens; with `prepend_eos` the first token is predicted from `<eos>`)."""
+    its tokens; with `prepend_eos` the first token is predicted from `<eos>`).
+
+    `context` (e.g. "a sentence . <eos> another . <eos>") is read, unscored, before every pair: a model trained on
+    a stream with its state carried across lines has rarely seen a sentence start from a zero state.
+    """
     items = []
     for number, pair in enumerate(pairs):
         check_pair(pair, f"pair {number}")
         if "prefix" in pair:
-            items += [(pair["prefix"], pair["good"]), (pair["prefix"], pair["bad"])]
+            prefix = f"{context} {pair['prefix']}" if context else pair["prefix"]
+            items += [(prefix, pair["good"]), (prefix, pair["bad"])]
         else:
-            items += [("", pair["sentence_good"]), ("", pair["sentence_bad"])]
+            items += [(context, pair["sentence_good"]), (context, pair["sentence_bad"])]
     scores = continuation_log_probs(model, tokenizer, items, batch_size, prepend_eos)
     return list(zip(scores[0::2], scores[1::2]))
 

@@ -268,3 +268,21 @@ def test_a_model_that_reads_its_own_eos_gets_no_second_one(char_tokenizer):
     with torch.no_grad():
         log_probs = model(torch.tensor([ids])).logits[0].log_softmax(-1)  # the model starts after its own <eos>
     assert good == pytest.approx(sum(float(log_probs[i - 1, ids[i]]) for i in range(len(prefix), len(ids))), abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["prefix", "sentence"])
+def test_a_context_is_read_but_not_scored(char_tokenizer, kind):
+    model = RNNLMForCausalLM(make_config("gru", vocab_size=len(char_tokenizer))).eval()
+    pair = generate_agreement_pairs(2, seed=4, kind=kind)[1]
+    context = "the dog sleeps ."
+    ((good, bad),) = score_pairs(model, char_tokenizer, [pair], context=context)
+    if kind == "prefix":
+        prefix = f"{context} {pair['prefix']}"
+        expected = [direct_log_prob(model, char_tokenizer, prefix, pair[k]) for k in ("good", "bad")]
+    else:
+        expected = [
+            direct_log_prob(model, char_tokenizer, context, pair[k]) for k in ("sentence_good", "sentence_bad")
+        ]
+    assert (good, bad) == pytest.approx(expected, abs=1e-4)
+    if kind == "sentence":  # after a whole prefix of characters, a random GRU has forgotten the context
+        assert (good, bad) != pytest.approx(score_pairs(model, char_tokenizer, [pair])[0], abs=1e-3)
