@@ -33,9 +33,15 @@ class RNNLMConfig(PretrainedConfig):
         rnn_nonlinearity (`str`, *optional*, defaults to `"tanh"`):
             `f` of the `rnn` cell, `"tanh"` or `"relu"`. Ignored by LSTM and GRU, whose gates fix their own.
         bidirectional (`bool`, *optional*, defaults to `False`):
-            Read the sequence in both directions. Only for the encoder, tagging and classification heads: a causal
-            language model must not see the future, and a bidirectional model has no generation cache. The two
-            directions are concatenated: `last_hidden_state` is `output_size` = 2 x the last layer's size wide.
+            Read the sequence in both directions. The two directions are concatenated: `last_hidden_state` is
+            `output_size` = 2 x the last layer's size wide. A bidirectional model has no generation cache, and a
+            causal LM may be bidirectional only with `separate_directions`.
+        separate_directions (`bool`, *optional*, defaults to `False`):
+            With `bidirectional`: each direction is its own stack of layers, and a layer reads only the layer below
+            in its own direction (ELMo's biLM, Peters et al. 2018), so the backward direction never sees the left
+            context, nor the forward the right one, at any depth. This makes a bidirectional language model
+            (`RNNLMForCausalLM`: the forward direction predicts the next token, the backward one the previous),
+            whose weights load exactly into the same architecture's tagging and classification heads.
         hidden_sizes (`list[int]`, *optional*):
             One state size per layer, e.g. AWD-LSTM's `[1150, 1150, 400]`, so a narrow last layer feeds a tied
             softmax without a projection. `None` means `hidden_size` for every layer.
@@ -73,6 +79,10 @@ class RNNLMConfig(PretrainedConfig):
             `<|endoftext|>`). Outputs keep the caller's positions.
         classifier_dropout (`float`, *optional*):
             Dropout before the tagging/classification layer. `None` means `dropout`.
+        layer_mix (`bool`, *optional*, defaults to `False`):
+            Tagging and classification heads read a learned mix of every layer's output instead of the last layer's
+            (ELMo's scalar mix: `gamma * sum_l softmax(w)_l h_l`), so a pretrained encoder's lower, more syntactic
+            layers can serve the task. Needs every layer to have the same size.
         classifier_pooling (`str`, *optional*, defaults to `"last"`):
             How the sequence head summarises a sentence: `"last"` (state at the last real token; with
             `bidirectional`, concatenated with the backward state at the first real token), `"mean"` or `"max"` over
@@ -132,6 +142,7 @@ class RNNLMConfig(PretrainedConfig):
         cell_type: str = "lstm",
         rnn_nonlinearity: str = "tanh",
         bidirectional: bool = False,
+        separate_directions: bool = False,
         dropout: float = 0.0,
         dropout_embedding: float = 0.0,
         dropout_input: float = 0.0,
@@ -145,6 +156,7 @@ class RNNLMConfig(PretrainedConfig):
         start_after_eos: bool = False,
         classifier_dropout: float | None = None,
         classifier_pooling: str = "last",
+        layer_mix: bool = False,
         use_crf: bool = False,
         crf_scheme: str | None = None,
         use_cache: bool = True,
@@ -161,6 +173,7 @@ class RNNLMConfig(PretrainedConfig):
         self.cell_type = cell_type
         self.rnn_nonlinearity = rnn_nonlinearity
         self.bidirectional = bidirectional
+        self.separate_directions = separate_directions
         self.dropout = dropout
         self.dropout_embedding = dropout_embedding
         self.dropout_input = dropout_input
@@ -174,6 +187,7 @@ class RNNLMConfig(PretrainedConfig):
         self.start_after_eos = start_after_eos
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
+        self.layer_mix = layer_mix
         self.use_crf = use_crf
         self.crf_scheme = crf_scheme
         self.use_cache = use_cache
@@ -200,6 +214,16 @@ class RNNLMConfig(PretrainedConfig):
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
+        if self.separate_directions and not self.bidirectional:
+            raise ValueError(
+                "`separate_directions=True` splits the two directions of a bidirectional model: set "
+                "bidirectional=True as well, or separate_directions=False."
+            )
+        if self.layer_mix and len(set(self.layer_hidden_sizes)) > 1:
+            raise ValueError(
+                f"`layer_mix=True` mixes equally wide layers, but hidden_sizes is {self.hidden_sizes}: use one size "
+                "for every layer, or layer_mix=False."
+            )
         if self.crf_scheme is not None:
             _check_choice("crf_scheme", self.crf_scheme, tuple(CRF_SCHEMES))
         for name in ("dropout", "dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output"):
@@ -226,11 +250,12 @@ class RNNLMConfig(PretrainedConfig):
 
     def check_causal_lm(self) -> None:
         """A causal LM reads left to right only: called by the LM head, so encoders may stay bidirectional."""
-        if self.bidirectional:
+        if self.bidirectional and not self.separate_directions:
             raise ValueError(
                 "`bidirectional=True` is not allowed for a causal language model (it would see the next token). "
                 "Allowed: bidirectional=False for RNNLMForCausalLM; bidirectional=True only for RNNLMModel, "
-                "RNNLMForTokenClassification and RNNLMForSequenceClassification."
+                "RNNLMForTokenClassification and RNNLMForSequenceClassification; or a bidirectional LM with "
+                "separate_directions=True, whose directions never see each other's context."
             )
 
     def update_from_string(self, update_str: str) -> None:
@@ -296,7 +321,9 @@ class RNNLMConfig(PretrainedConfig):
 
     def layer_input_size(self, layer_idx: int) -> int:
         """Width of what layer `layer_idx` reads: the embeddings, or the previous layer's output."""
-        return self.input_size if layer_idx == 0 else self.layer_hidden_sizes[layer_idx - 1] * self.num_directions
+        if layer_idx == 0:
+            return self.input_size
+        return self.layer_hidden_sizes[layer_idx - 1] * (1 if self.separate_directions else self.num_directions)
 
     @property
     def output_size(self) -> int:
@@ -315,15 +342,21 @@ class RNNLMConfig(PretrainedConfig):
         return self.classifier_dropout if self.classifier_dropout is not None else self.dropout
 
     @property
+    def lm_feature_size(self) -> int:
+        """Width of what the LM softmax reads from one direction: the last layer's size (a bidirectional LM has a
+        softmax per direction, sharing its weights)."""
+        return self.layer_hidden_sizes[-1]
+
+    @property
     def needs_projection(self) -> bool:
         """Whether the LM head reads the recurrent output through a linear projection to `embedding_size` (AWD-LSTM's
         smaller last layer makes it unnecessary)."""
-        return self.output_projection and self.output_size != self.input_size
+        return self.output_projection and self.lm_feature_size != self.input_size
 
     @property
     def lm_input_size(self) -> int:
         """Width of the features the LM output layer reads (after the optional projection)."""
-        return self.input_size if self.output_projection else self.output_size
+        return self.input_size if self.output_projection else self.lm_feature_size
 
     @property
     def num_states(self) -> int:

@@ -130,9 +130,17 @@ class RNNLMCausalLMOutput(CausalLMOutputWithPast):
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, output_size)`, *optional*):
         With `output_hidden_states=True`: the last layer's output after its dropout, the softmax's input before
         the optional projection (AWD-LSTM's activation regularisation penalises it).
+    logits_backward (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
+        A bidirectional LM's backward direction: at each position, the scores of the token before it (`logits`
+        are the forward direction's, for the token after it).
+    loss_forward, loss_backward (`torch.FloatTensor`, *optional*):
+        A bidirectional LM's loss per direction; `loss` is their mean.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
+    logits_backward: torch.FloatTensor | None = None
+    loss_forward: torch.FloatTensor | None = None
+    loss_backward: torch.FloatTensor | None = None
 
 
 class PaddingPacker:
@@ -206,6 +214,20 @@ def check_labels(labels: torch.Tensor, shape: torch.Size, name: str = "labels", 
         )
 
 
+def reversal_index(attention_mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """(batch, seq_len) positions that read every row's real tokens in reverse order, padding left in place:
+    `x.gather(1, index)` reverses the rows, and doing it again restores them (left, right or no padding)."""
+    batch, seq_len = x.shape[:2]
+    positions = torch.arange(seq_len, device=x.device).expand(batch, seq_len)
+    if attention_mask is None:
+        return positions.flip(1)
+    mask = attention_mask[:, -seq_len:].bool()
+    real_first = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # real positions, in order, first
+    rank = mask.long().cumsum(1) - 1  # the rank of each real position among its row's real positions
+    mirrored = (mask.sum(1, keepdim=True) - 1 - rank).clamp(min=0)
+    return torch.where(mask, real_first.gather(1, mirrored), positions)
+
+
 class RNNLMLayer(GradientCheckpointingLayer):
     """One recurrent layer. Layers are separate modules so every layer's hidden states can be returned."""
 
@@ -213,14 +235,16 @@ class RNNLMLayer(GradientCheckpointingLayer):
         super().__init__()
         self.layer_idx = layer_idx
         self.cell_type = config.cell_type
-        self.num_directions = config.num_directions
+        # Separate directions: each direction's stack has its own unidirectional layers (the model runs them).
+        joint = config.bidirectional and not config.separate_directions
+        self.num_directions = 2 if joint else 1
         self.weight_drop = config.weight_drop
         extra = {"nonlinearity": config.rnn_nonlinearity} if config.cell_type == "rnn" else {}
         self.rnn = RNN_CLASSES[config.cell_type](
             input_size=config.layer_input_size(layer_idx),
             hidden_size=config.layer_hidden_sizes[layer_idx],
             batch_first=True,
-            bidirectional=config.bidirectional,
+            bidirectional=joint,
             **extra,
         )
 
@@ -278,6 +302,9 @@ class RNNLMPreTrainedModel(PreTrainedModel):
         if isinstance(module, RNNLMCRF):  # no preference among tags or moves until trained
             for param in module.parameters():
                 init.zeros_(param)
+        elif isinstance(module, RNNLMLayerMix):  # the plain average of the layers
+            init.zeros_(module.layer_weights)
+            init.ones_(module.gamma)
         elif isinstance(module, (nn.Embedding, nn.Linear)):
             init.uniform_(module.weight, -bound, bound)
             if getattr(module, "bias", None) is not None:
@@ -316,6 +343,12 @@ class RNNLMModel(RNNLMPreTrainedModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.input_size)
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([RNNLMLayer(config, i) for i in range(config.num_hidden_layers)])
+        # ELMo's backward LM: its own stack, run over every row reversed (`separate_directions`).
+        self.reverse_layers = (
+            nn.ModuleList([RNNLMLayer(config, i) for i in range(config.num_hidden_layers)])
+            if config.separate_directions
+            else None
+        )
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -417,6 +450,56 @@ class RNNLMModel(RNNLMPreTrainedModel):
         output = RNNLMModelOutput(last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None})
         return output if return_dict else output.to_tuple()
 
+    def run_stack(self, layers: nn.ModuleList, hidden_states: torch.Tensor, cache, packer, output_hidden_states):
+        """One direction's layers over (batch, seq_len, input_size) inputs: the last layer's output after its dropout
+        (batch, seq_len, size), every layer's output before it (when asked) and every layer's final state."""
+        packing = None
+        if packer is not None:
+            hidden_states, packing = packer.pack(hidden_states)  # (total_tokens, input_size)
+        layer_outputs, final_states = (), ()
+        for layer_idx, layer in enumerate(layers):
+            old_state = self.read_state(cache, layer_idx)
+            hidden_states, state = layer(hidden_states, old_state, packing)  # positional: gradient checkpointing
+            if packer is not None:
+                state = packer.final_state(state, old_state)
+            self.write_state(cache, layer_idx, state)
+            final_states += (state,)
+            if output_hidden_states:
+                layer_outputs += (packer.unpack(hidden_states, packing) if packer is not None else hidden_states,)
+            is_last = layer_idx == len(layers) - 1
+            hidden_states = self.dropout(hidden_states)
+            locked = self.config.dropout_output if is_last else self.config.dropout_hidden
+            hidden_states = locked_dropout(hidden_states, locked, self.training, packing)
+        if packer is not None:
+            hidden_states = packer.unpack(hidden_states, packing)  # (batch, seq_len, size)
+        return hidden_states, layer_outputs, final_states
+
+    def add_backward_direction(
+        self,
+        inputs_embeds,
+        attention_mask,
+        packer,
+        output_hidden_states,
+        forward_last,
+        forward_outputs,
+        forward_states,
+    ):
+        """Run the backward stack over every row reversed (padding stays in place) and concatenate each of its
+        outputs, turned back, after the forward one's, as a joint bidirectional layer lays them out."""
+        reverse = reversal_index(attention_mask, inputs_embeds)  # reversing twice restores the order
+
+        def turn(x: torch.Tensor) -> torch.Tensor:
+            return x.gather(1, reverse.unsqueeze(-1).expand_as(x))
+
+        hidden_states = locked_dropout(self.dropout(turn(inputs_embeds)), self.config.dropout_input, self.training)
+        last, outputs, states = self.run_stack(self.reverse_layers, hidden_states, None, packer, output_hidden_states)
+        # States: (h_fwd, h_bwd, c_fwd, c_bwd) along dim 1, torch's layout for a bidirectional layer.
+        return (
+            torch.cat([forward_last, turn(last)], -1),
+            tuple(torch.cat([f, turn(b)], -1) for f, b in zip(forward_outputs, outputs)),
+            tuple(torch.stack([f, b], 2).flatten(1, 2) for f, b in zip(forward_states, states)),
+        )
+
     @accepts_legacy_cache_names
     def forward(
         self,
@@ -474,31 +557,20 @@ class RNNLMModel(RNNLMPreTrainedModel):
             inputs_embeds = torch.cat([self.embed(eos), inputs_embeds], 1)  # (batch, 1 + seq_len, input_size)
             if attention_mask is not None:
                 attention_mask = torch.cat([attention_mask.new_ones(batch, 1), attention_mask], 1)
-        packer, packing = None, None
+        packer = None
         if attention_mask is not None and not bool(attention_mask.all()):
             packer = PaddingPacker(attention_mask)
 
         hidden_states = self.dropout(inputs_embeds)
         hidden_states = locked_dropout(hidden_states, self.config.dropout_input, self.training)
-        all_hidden_states = (inputs_embeds,) if output_hidden_states else None
-        if packer is not None:
-            hidden_states, packing = packer.pack(hidden_states)  # (total_tokens, input_size)
-        final_states = ()
-        for layer_idx, layer in enumerate(self.layers):
-            old_state = self.read_state(cache, layer_idx)
-            hidden_states, state = layer(hidden_states, old_state, packing)  # positional: gradient checkpointing
-            if packer is not None:
-                state = packer.final_state(state, old_state)
-            self.write_state(cache, layer_idx, state)
-            final_states += (state,)
-            if output_hidden_states:
-                all_hidden_states += (packer.unpack(hidden_states, packing) if packer is not None else hidden_states,)
-            is_last = layer_idx == len(self.layers) - 1
-            hidden_states = self.dropout(hidden_states)
-            locked = self.config.dropout_output if is_last else self.config.dropout_hidden
-            hidden_states = locked_dropout(hidden_states, locked, self.training, packing)
-        if packer is not None:
-            hidden_states = packer.unpack(hidden_states, packing)  # (batch, seq_len, output_size)
+        hidden_states, layer_outputs, final_states = self.run_stack(
+            self.layers, hidden_states, cache, packer, output_hidden_states
+        )
+        if self.reverse_layers is not None:
+            hidden_states, layer_outputs, final_states = self.add_backward_direction(
+                inputs_embeds, attention_mask, packer, output_hidden_states, hidden_states, layer_outputs, final_states
+            )
+        all_hidden_states = (inputs_embeds, *layer_outputs) if output_hidden_states else None
         if start:  # outputs only for the caller's positions
             hidden_states = hidden_states[:, start:]
             all_hidden_states = tuple(h[:, start:] for h in all_hidden_states) if output_hidden_states else None
@@ -515,7 +587,9 @@ class RNNLMModel(RNNLMPreTrainedModel):
 
 
 class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
-    """RNN language model: the softmax over the vocabulary reads the last layer's state at every position."""
+    """RNN language model: the softmax over the vocabulary reads the last layer's state at every position. With
+    `bidirectional` and `separate_directions` it is a bidirectional LM (ELMo): a forward and a backward LM trained
+    together, sharing embeddings and softmax, each predicting the next token in its own reading direction."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
 
@@ -524,7 +598,7 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = RNNLMModel(config)
         # Project hidden -> embedding size so the softmax can share the embedding matrix (Press & Wolf 2017).
-        self.projection = nn.Linear(config.output_size, config.input_size) if config.needs_projection else None
+        self.projection = nn.Linear(config.lm_feature_size, config.input_size) if config.needs_projection else None
         self.lm_head = nn.Linear(config.lm_input_size, config.vocab_size)
         self.post_init()
 
@@ -549,6 +623,12 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
                 "Contrastive search and DoLa are not supported by RNN-LM (they are Hub-hosted strategies that need "
                 "attention states). Use greedy search, sampling (do_sample=True, temperature/top_k/top_p) or beam "
                 "search (num_beams>1)."
+            )
+        if self.config.bidirectional:
+            raise ValueError(
+                "A bidirectional LM cannot generate: its backward direction reads the text from the end. Score text "
+                "with it, or load its weights into a tagging or classification head; train a unidirectional LM "
+                "(bidirectional=False) to generate."
             )
         prompt = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
         mask = kwargs.get("attention_mask")
@@ -602,6 +682,18 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         model_inputs["attention_mask"] = None if decoding else attention_mask
         return model_inputs
 
+    def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.projection(hidden_states) if self.projection is not None else hidden_states
+
+    @staticmethod
+    def backward_targets(input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Stream batches carry only `shift_labels` (the next tokens): the backward LM's targets are the inputs."""
+        if input_ids is None:
+            raise ValueError(
+                "A bidirectional LM trained from `inputs_embeds` needs `labels` for its backward direction."
+            )
+        return input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+
     @accepts_legacy_cache_names
     def forward(
         self,
@@ -638,18 +730,27 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state  # (batch, seq_len, output_size)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        hidden_states = hidden_states[:, keep]
-        if self.projection is not None:
-            hidden_states = self.projection(hidden_states)
-        logits = self.lm_head(hidden_states)  # (batch, seq_len, vocab_size)
+        # A bidirectional LM: the forward half predicts the next token, the backward half the previous one.
+        forward_states, *backward_states = hidden_states[:, keep].split(self.config.lm_feature_size, dim=-1)
+        logits = self.lm_head(self.project(forward_states))  # (batch, seq_len, vocab_size)
+        logits_backward = self.lm_head(self.project(backward_states[0])) if backward_states else None
 
-        loss = None
+        loss = loss_forward = loss_backward = None
         if labels is not None or kwargs.get("shift_labels") is not None:
             for name, value in (("labels", labels), ("shift_labels", kwargs.get("shift_labels"))):
                 if value is not None:
                     check_labels(value, outputs.last_hidden_state.shape[:2], name)
             # **kwargs carries num_items_in_batch from Trainer, so gradient accumulation averages per token.
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if logits_backward is not None:
+                # Read right to left, the previous token is the next one: flip time and shift as usual.
+                targets = labels if labels is not None else self.backward_targets(input_ids, attention_mask)
+                kwargs.pop("shift_labels", None)
+                loss_forward = loss
+                loss_backward = self.loss_function(
+                    logits=logits_backward.flip(1), labels=targets.flip(1), vocab_size=self.config.vocab_size, **kwargs
+                )
+                loss = (loss_forward + loss_backward) / 2
 
         output = RNNLMCausalLMOutput(
             loss=loss,
@@ -657,6 +758,9 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             # The features the softmax reads, after output dropout: activation regularisation (AR) needs them.
             last_hidden_state=outputs.last_hidden_state if output_hidden_states else None,
+            logits_backward=logits_backward,
+            loss_forward=loss_forward,
+            loss_backward=loss_backward,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict else output.to_tuple()
@@ -664,6 +768,20 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
     # generate() inspects forward's signature at every token for Hub-code models (its `cache_position` check):
     # a precomputed one spares unwrapping the decorators each time.
     forward.__signature__ = inspect.signature(forward)
+
+
+class RNNLMLayerMix(nn.Module):
+    """ELMo's scalar mix (Peters et al. 2018, eq. 1): `gamma * sum_l softmax(w)_l h_l` over the recurrent layers'
+    outputs, learned by the task, starting as their plain average."""
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__()
+        self.layer_weights = nn.Parameter(torch.zeros(config.num_hidden_layers))
+        self.gamma = nn.Parameter(torch.ones(()))
+
+    def forward(self, per_layer: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        weights = self.layer_weights.softmax(0)
+        return self.gamma * sum(weight * features for weight, features in zip(weights, per_layer))
 
 
 # A forbidden tag move's score: exp(-1e4) is 0 in float32, yet it stays finite (no inf - inf = nan in the recursions).
@@ -778,6 +896,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         self.num_labels = config.num_labels
         self.model = RNNLMModel(config)
         self.dropout = nn.Dropout(config.head_dropout)
+        self.layer_mix = RNNLMLayerMix(config) if config.layer_mix else None
         self.classifier = nn.Linear(config.output_size, config.num_labels)
         self.crf = RNNLMCRF(config) if config.use_crf else None
         self.post_init()
@@ -803,10 +922,11 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             use_cache=False,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states or self.layer_mix is not None,
             return_dict=True,
         )
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (batch, seq_len, num_labels)
+        features = self.layer_mix(outputs.hidden_states[1:]) if self.layer_mix else outputs.last_hidden_state
+        logits = self.classifier(self.dropout(features))  # (batch, seq_len, num_labels)
         loss = None
         if labels is not None:
             check_labels(labels, logits.shape[:2], num_classes=self.num_labels)
@@ -818,7 +938,8 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
                 logits = self.crf.max_marginals(logits, mask)
         elif labels is not None:
             loss = self.loss_function(logits, labels, self.config, **kwargs)
-        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
         return output if return_dict else output.to_tuple()
 
 
@@ -830,6 +951,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         self.num_labels = config.num_labels
         self.model = RNNLMModel(config)
         self.dropout = nn.Dropout(config.head_dropout)
+        self.layer_mix = RNNLMLayerMix(config) if config.layer_mix else None
         self.score = nn.Linear(config.pooled_size, config.num_labels)
         self.post_init()
 
@@ -838,7 +960,9 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         pooling = self.config.classifier_pooling
         # ULMFiT's concat pooling (Howard & Ruder 2018, 3.3) reads [h_T, maxpool(H), meanpool(H)].
         names = ("last", "max", "mean") if pooling == "concat" else (pooling,)
-        hidden_states = outputs.last_hidden_state  # (batch, seq_len, output_size), zeros at padding
+        mix = self.layer_mix
+        # (batch, seq_len, output_size), zeros at padding
+        hidden_states = mix(outputs.hidden_states[1:]) if mix else outputs.last_hidden_state
         if names != ("last",):
             if attention_mask is None:
                 attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
@@ -847,8 +971,8 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         if "last" in names:
             # The final h of each direction: forward after the last real token, backward after the first (as gpt2
             # pools the last non-pad token, but exact under any padding since the batch is packed).
-            h = outputs.final_states[-1][:, : self.config.num_directions]  # (batch, num_directions, hidden)
-            pooled["last"] = h.reshape(h.shape[0], -1)
+            last = [state[:, : self.config.num_directions].flatten(1) for state in outputs.final_states]
+            pooled["last"] = mix(last) if mix else last[-1]  # (batch, num_directions * hidden)
         if "max" in names:
             pooled["max"] = hidden_states.masked_fill(mask == 0, torch.finfo(hidden_states.dtype).min).amax(1)
         if "mean" in names:
@@ -880,7 +1004,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             use_cache=False,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states or self.layer_mix is not None,
             output_final_states=True,
             return_dict=True,
         )
@@ -895,7 +1019,8 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
                 # These losses average per micro-batch and ignore num_items_in_batch: rescale so gradient
                 # accumulation sums to the mean over the whole accumulated batch.
                 loss = loss * labels.numel() / num_items
-        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
         return output if return_dict else output.to_tuple()
 
 
@@ -918,6 +1043,7 @@ def auto_map() -> dict[str, str]:
 __all__ = [
     "IGNORE_INDEX",
     "RNNLMCRF",
+    "RNNLMLayerMix",
     "MODEL_CLASSES",
     "RNNLMCache",
     "RNNLMPreTrainedModel",

@@ -326,7 +326,7 @@ class RNNLMTrainer(Trainer):
         was_training = model.training
         model.eval()
         carried = CarriedState()
-        nll_sums, token_counts = [], []
+        sums = {"": ([], []), "backward_": ([], [])}  # direction -> (NLL sums, token counts); "" is forward
         with torch.no_grad():
             for inputs in dataloader:
                 inputs = self._prepare_inputs(inputs)
@@ -336,20 +336,28 @@ class RNNLMTrainer(Trainer):
                 inputs.pop("labels", None)
                 outputs = model(**inputs, cache=cache, use_cache=stateful)
                 carried.cache = getattr(outputs, CACHE_FIELD)
-                nll = torch.nn.functional.cross_entropy(
-                    outputs.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-                )
-                count = (targets != IGNORE_INDEX).sum()
-                pair = self.accelerator.gather(torch.stack([nll, count.to(nll.dtype)]).unsqueeze(0))
-                nll_sums += pair[:, 0].tolist()
-                token_counts += pair[:, 1].long().tolist()
-        result = self.perplexity_metric.compute(predictions=nll_sums, references=token_counts)
+                scored = [("", outputs.logits, targets)]
+                if getattr(outputs, "logits_backward", None) is not None:  # a bidirectional LM: the previous tokens
+                    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+                    previous = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
+                    scored.append(("backward_", outputs.logits_backward[:, 1:], previous[:, :-1]))
+                for direction, logits, wanted in scored:
+                    nll = torch.nn.functional.cross_entropy(
+                        logits.flatten(0, 1).float(), wanted.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                    )
+                    count = (wanted != IGNORE_INDEX).sum()
+                    pair = self.accelerator.gather(torch.stack([nll, count.to(nll.dtype)]).unsqueeze(0))
+                    sums[direction][0].extend(pair[:, 0].tolist())
+                    sums[direction][1].extend(pair[:, 1].long().tolist())
         model.train(was_training)
-        return {
-            f"{metric_key_prefix}_loss": result["loss"],
-            f"{metric_key_prefix}_perplexity": result["perplexity"],
-            f"{metric_key_prefix}_tokens": result["num_tokens"],
-        }
+        metrics = {}
+        for direction, (nll_sums, token_counts) in sums.items():
+            if token_counts or not direction:
+                result = self.perplexity_metric.compute(predictions=nll_sums, references=token_counts)
+                metrics[f"{metric_key_prefix}_{direction}loss"] = result["loss"]
+                metrics[f"{metric_key_prefix}_{direction}perplexity"] = result["perplexity"]
+                metrics[f"{metric_key_prefix}_{direction}tokens"] = result["num_tokens"]
+        return metrics
 
     # ----- checkpoints: carried state + completion marker -----
     def _save_checkpoint(self, model, trial):

@@ -173,6 +173,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     tokenizer = get_tokenizer(model_args, lambda: raw["train"][data_args.text_column])
     model = build_model(RNNLMForCausalLM, model_args, tokenizer)
+    if model.config.bidirectional and data_args.stateful:
+        raise ValueError(
+            "a bidirectional LM cannot carry its state from batch to batch (its backward direction would need the "
+            "text that follows): pass --stateful false, so it trains and is evaluated on independent blocks"
+        )
     splits = build_datasets(raw, tokenizer, data_args, training_args)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f"{model.config.cell_type.upper()} LM, {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     if trainer.is_world_process_zero():
         prompts = DEMO_PROMPTS if is_demo else [tokenizer.decode(splits["train"][0]["input_ids"][:5])]
+        if model.config.bidirectional:  # a bidirectional LM scores text; it cannot generate
+            prompts = []
         if prompts := prompts[: data_args.num_samples]:
             for sample in generate_samples(model, tokenizer, prompts, training_args.seed):
                 print(f"[sample] {sample.strip()}")

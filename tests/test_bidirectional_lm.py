@@ -1,0 +1,150 @@
+"""The bidirectional LM (`bidirectional=True, separate_directions=True`, ELMo's biLM): neither direction sees the
+other's context at any layer, the loss is the mean of both directions, its weights load exactly into the tagging and
+classification heads, the training script reports a perplexity per direction; and ELMo's layer mix in the heads."""
+
+import json
+
+import pytest
+import torch
+
+from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
+from rnn_lm_hf.modeling_rnn_lm import RNNLMModel, reversal_index
+from rnn_lm_hf.training import train_clm
+from tests import test_train_clm
+from tests.test_train_clm import tiny_run_args
+
+
+PADDINGS = {
+    "none": torch.ones(2, 8, dtype=torch.long),
+    "right": torch.tensor([[1] * 8, [1] * 5 + [0] * 3]),
+    "left": torch.tensor([[1] * 8, [0] * 3 + [1] * 5]),
+}
+
+
+corpus = test_train_clm.corpus  # the same fixture: a small generated corpus
+
+
+def bilm_config(cell_type: str = "lstm", **overrides) -> RNNLMConfig:
+    fields = {"vocab_size": 30, "hidden_size": 6, "embedding_size": 5, "num_hidden_layers": 3, "cell_type": cell_type}
+    return RNNLMConfig(**{**fields, "bidirectional": True, "separate_directions": True, **overrides})
+
+
+def layer_outputs(model: RNNLMModel, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return list(model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1:])
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "gru"])
+def test_neither_direction_sees_the_others_context_at_any_layer(cell_type, padding):
+    torch.manual_seed(0)
+    mask = PADDINGS[padding]
+    ids = torch.randint(3, 30, (2, 8))
+    model = RNNLMModel(bilm_config(cell_type)).eval()
+    before = layer_outputs(model, ids, mask)
+    for row in range(2):
+        real = mask[row].nonzero().flatten().tolist()
+        k = real[len(real) // 2]  # change one real token in the middle of this row
+        changed = ids.clone()
+        changed[row, k] = 3 + (ids[row, k] - 2) % 27
+        after = layer_outputs(model, changed, mask)
+        for layer, (old, new) in enumerate(zip(before, after)):
+            forward_old, backward_old = old[row].split(6, -1)
+            forward_new, backward_new = new[row].split(6, -1)
+            earlier, later = [t for t in real if t < k], [t for t in real if t > k]
+            assert torch.equal(forward_old[earlier], forward_new[earlier]), (layer, "forward saw the right")
+            assert torch.equal(backward_old[later], backward_new[later]), (layer, "backward saw the left")
+            assert not torch.equal(forward_old[k], forward_new[k]) and not torch.equal(
+                backward_old[k], backward_new[k]
+            )
+            assert torch.equal(old[1 - row], new[1 - row])  # the other row is untouched
+
+
+def test_a_joint_bidirectional_stack_would_leak():
+    """The same probe on a joint BiLSTM stack: from layer 2 on, the backward half has read the left context."""
+    torch.manual_seed(0)
+    ids, mask = torch.randint(3, 30, (1, 8)), torch.ones(1, 8, dtype=torch.long)
+    model = RNNLMModel(bilm_config(separate_directions=False)).eval()
+    changed = ids.clone()
+    changed[0, 3] = 3 + (ids[0, 3] - 2) % 27
+    backward_old = layer_outputs(model, ids, mask)[1][0, 4:, 6:]
+    backward_new = layer_outputs(model, changed, mask)[1][0, 4:, 6:]
+    assert not torch.equal(backward_old, backward_new)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_reversal_index_reverses_real_tokens_in_place(padding):
+    mask = PADDINGS[padding]
+    x = torch.arange(16).view(2, 8)
+    index = reversal_index(mask, x.unsqueeze(-1))
+    reversed_ = x.gather(1, index)
+    for row in range(2):
+        real = mask[row].bool()
+        assert reversed_[row, real].tolist() == x[row, real].flip(0).tolist()
+        assert reversed_[row, ~real].tolist() == x[row, ~real].tolist()
+    assert torch.equal(reversed_.gather(1, index), x)
+
+
+def test_loss_is_the_mean_of_both_directions_and_logits_read_each_direction():
+    torch.manual_seed(0)
+    model = RNNLMForCausalLM(bilm_config()).eval()
+    ids, mask = torch.randint(3, 30, (2, 8)), PADDINGS["right"]
+    labels = ids.masked_fill(mask == 0, -100)
+    output = model(input_ids=ids, attention_mask=mask, labels=labels)
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    forward, backward = hidden.split(6, -1)
+    torch.testing.assert_close(output.logits, model.lm_head(model.projection(forward)))
+    torch.testing.assert_close(output.logits_backward, model.lm_head(model.projection(backward)))
+    ce = torch.nn.functional.cross_entropy
+    expected_forward = ce(output.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    expected_backward = ce(output.logits_backward[:, 1:].flatten(0, 1), labels[:, :-1].flatten(), ignore_index=-100)
+    torch.testing.assert_close(output.loss_forward, expected_forward)
+    torch.testing.assert_close(output.loss_backward, expected_backward)
+    torch.testing.assert_close(output.loss, (expected_forward + expected_backward) / 2)
+    with pytest.raises(ValueError, match="bidirectional LM cannot generate"):
+        model.generate(ids[:1], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("head", [RNNLMForTokenClassification, RNNLMForSequenceClassification])
+def test_bilm_weights_load_exactly_into_both_heads(tmp_path, head):
+    torch.manual_seed(0)
+    lm = RNNLMForCausalLM(bilm_config())
+    lm.save_pretrained(tmp_path)
+    model, info = head.from_pretrained(tmp_path, num_labels=3, output_loading_info=True)
+    encoder = dict(model.model.named_parameters())
+    assert any(name.startswith("reverse_layers.") for name in encoder)
+    for name, param in lm.model.named_parameters():
+        assert torch.equal(encoder[name], param), name
+    assert not [key for key in info["missing_keys"] if key.startswith("model.")]
+    ids = torch.randint(3, 30, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.eval()(ids).last_hidden_state, lm.model.eval()(ids).last_hidden_state)
+
+
+@pytest.mark.parametrize("head", [RNNLMForTokenClassification, RNNLMForSequenceClassification])
+def test_layer_mix_is_a_learned_average_of_the_layers(head):
+    torch.manual_seed(0)
+    model = head(bilm_config(layer_mix=True, num_labels=3, classifier_pooling="mean")).eval()
+    with torch.no_grad():
+        model.layer_mix.layer_weights.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        model.layer_mix.gamma.fill_(1.5)
+    ids = torch.randint(3, 30, (2, 8))
+    with torch.no_grad():
+        layers = model.model(ids, output_hidden_states=True).hidden_states[1:]
+        weights = torch.tensor([0.5, -1.0, 2.0]).softmax(0)
+        mixed = 1.5 * sum(w * h for w, h in zip(weights, layers))
+        expected = model.classifier(mixed) if head is RNNLMForTokenClassification else model.score(mixed.mean(1))
+        torch.testing.assert_close(model(ids).logits, expected)
+    with pytest.raises(ValueError, match="layer_mix=True.*one size"):
+        RNNLMConfig(num_hidden_layers=2, hidden_sizes=[8, 4], layer_mix=True)
+
+
+def test_training_script_reports_a_perplexity_per_direction(tmp_path, corpus):
+    overrides = "hidden_size=16,num_hidden_layers=2,bidirectional=true,separate_directions=true"
+    args = tiny_run_args(corpus, tmp_path / "run", "--max_steps", "4", "--stateful", "false")
+    args[args.index("--config_overrides") + 1] = overrides
+    metrics = train_clm.main(args)
+    for direction in ("", "backward_"):
+        assert 1 < metrics[f"eval_{direction}perplexity"] < 1000
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["separate_directions"] is True
+    assert train_clm.cli(tiny_run_args(corpus, tmp_path / "stateful", "--config_overrides", overrides)) == 2
