@@ -146,17 +146,24 @@ def agreement_accuracy(
     pairs: Sequence[tuple[str, str, str]],
     batch_size: int = 64,
     prepend_eos: bool = True,
+    context: str = "",
 ) -> float:
     """Share of `pairs` where `model` gives the correct verb a higher log-probability than the wrong one after the
     prefix (multi-token verbs: summed over their tokens), scored by `evaluation.continuation_log_probs`.
 
     `model` is any causal LM called as `model(input_ids=..., attention_mask=...)` returning `.logits` of shape
     (batch, seq_len, vocab_size). With `prepend_eos`, the prefix follows `<eos>`, as every sentence does in a
-    training stream built with `add_eos=True`. `minimal_pairs.score_pairs` does the same for jsonl pairs.
+    training stream built with `add_eos=True`. `context` (e.g. "the bird sings . <eos>") is read, unscored, before
+    every prefix: a model trained with its state carried across lines scores far better after one sentence than
+    from a zero state (docs/analysis.md). `minimal_pairs.score_pairs` does the same for jsonl pairs.
     """
     if not pairs:
         raise ValueError("agreement_accuracy needs at least one (prefix, correct_verb, wrong_verb) pair.")
-    items = [(prefix, verb) for prefix, correct, wrong in pairs for verb in (correct, wrong)]
+    items = [
+        (f"{context} {prefix}" if context else prefix, verb)
+        for prefix, correct, wrong in pairs
+        for verb in (correct, wrong)
+    ]
     scores = continuation_log_probs(model, tokenizer, items, batch_size, prepend_eos)
     return sum(scores[2 * i] > scores[2 * i + 1] for i in range(len(pairs))) / len(pairs)
 

@@ -113,6 +113,17 @@ def test_agreement_accuracy_with_oracles(batch_size):
     assert agreement_accuracy(recent_model, tokenizer, pairs, batch_size=batch_size) == 0.0
 
 
+def test_agreement_accuracy_reads_a_context_first():
+    tokenizer = word_tokenizer_from_vocab(demo_vocabulary())
+    pairs = agreement_pairs(40, seed=0)
+    # The "head" oracle keeps the first noun of the row: after this context, "dog", so it always picks singular.
+    accuracy = agreement_accuracy(
+        _NumberTrackingLM(tokenizer, follow="head"), tokenizer, pairs, context="the dog sleeps ."
+    )
+    assert accuracy == sum(correct in SINGULAR_VERBS for _, correct, _ in pairs) / len(pairs)
+    assert 0 < accuracy < 1
+
+
 class _UniformLM(torch.nn.Module):
     def __init__(self, vocab_size: int):
         super().__init__()
