@@ -87,6 +87,11 @@ class RNNLMConfig(PretrainedConfig):
             How the sequence head summarises a sentence: `"last"` (state at the last real token; with
             `bidirectional`, concatenated with the backward state at the first real token), `"mean"` or `"max"` over
             the real tokens, or `"concat"`: last ‖ max ‖ mean, 3x `output_size` features (ULMFiT, Howard & Ruder 2018).
+        word_separator_id (`int`, *optional*):
+            Flair's contextual string embeddings (Akbik et al. 2018) for a bidirectional, character-level tagger:
+            the token head reads, at each character, the forward state there and the backward state at the first
+            character of its word, the word ending at every token with this id (the space character's) or at padding.
+            Label each word at its last character. `None`: each position's own states.
         use_crf (`bool`, *optional*, defaults to `False`):
             Token classification: a linear-chain CRF over the tags (Lample et al. 2016). Training maximises the
             likelihood of the whole tag sequence; `logits` are then max-marginals, whose argmax is the Viterbi path,
@@ -157,6 +162,7 @@ class RNNLMConfig(PretrainedConfig):
         classifier_dropout: float | None = None,
         classifier_pooling: str = "last",
         layer_mix: bool = False,
+        word_separator_id: int | None = None,
         use_crf: bool = False,
         crf_scheme: str | None = None,
         use_cache: bool = True,
@@ -188,6 +194,7 @@ class RNNLMConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
         self.layer_mix = layer_mix
+        self.word_separator_id = word_separator_id
         self.use_crf = use_crf
         self.crf_scheme = crf_scheme
         self.use_cache = use_cache
@@ -223,6 +230,11 @@ class RNNLMConfig(PretrainedConfig):
             raise ValueError(
                 f"`layer_mix=True` mixes equally wide layers, but hidden_sizes is {self.hidden_sizes}: use one size "
                 "for every layer, or layer_mix=False."
+            )
+        if self.word_separator_id is not None and not self.bidirectional:
+            raise ValueError(
+                "`word_separator_id` reads the backward state at each word's first character: it needs "
+                "bidirectional=True (a character-level encoder or bidirectional LM), or word_separator_id=None."
             )
         if self.crf_scheme is not None:
             _check_choice("crf_scheme", self.crf_scheme, tuple(CRF_SCHEMES))

@@ -887,6 +887,19 @@ class RNNLMCRF(nn.Module):
         return best_before + torch.stack(best_after, 1)
 
 
+def word_start_index(
+    input_ids: torch.LongTensor, attention_mask: torch.Tensor | None, separator_id: int
+) -> torch.Tensor:
+    """(batch, seq_len): for every position, the position of the first character of its word. A word starts at a
+    real token that follows a separator, padding or the start of the row (left or right padding alike)."""
+    breaks = input_ids == separator_id  # (batch, seq_len)
+    if attention_mask is not None:
+        breaks = breaks | (attention_mask[:, -input_ids.shape[1] :] == 0)
+    after_break = torch.cat([torch.ones_like(breaks[:, :1]), breaks[:, :-1]], 1)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return torch.where(~breaks & after_break, positions, 0).cummax(1).values
+
+
 class RNNLMForTokenClassification(RNNLMPreTrainedModel):
     """A tag per token (POS, NER) from the recurrent states; bidirectional encoders see both contexts. With
     `use_crf`, a CRF scores whole tag sequences and `logits` are its max-marginals (argmax: the Viterbi tags)."""
@@ -900,6 +913,16 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         self.classifier = nn.Linear(config.output_size, config.num_labels)
         self.crf = RNNLMCRF(config) if config.use_crf else None
         self.post_init()
+
+    def word_features(self, features: torch.Tensor, input_ids, attention_mask) -> torch.Tensor:
+        """Flair's word features at every position: the forward half there, the backward half at the word's first
+        character (which has read the word and everything after it), (batch, seq_len, output_size)."""
+        if input_ids is None:
+            raise ValueError("`word_separator_id` finds words in `input_ids`: pass input_ids, not inputs_embeds.")
+        forward_half, backward_half = features.chunk(2, dim=-1)
+        starts = word_start_index(input_ids, attention_mask, self.config.word_separator_id)
+        backward_half = backward_half.gather(1, starts.unsqueeze(-1).expand_as(backward_half))
+        return torch.cat([forward_half, backward_half], -1)
 
     def forward(
         self,
@@ -926,6 +949,8 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
             return_dict=True,
         )
         features = self.layer_mix(outputs.hidden_states[1:]) if self.layer_mix else outputs.last_hidden_state
+        if self.config.word_separator_id is not None:
+            features = self.word_features(features, input_ids, attention_mask)
         logits = self.classifier(self.dropout(features))  # (batch, seq_len, num_labels)
         loss = None
         if labels is not None:

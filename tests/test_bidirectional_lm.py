@@ -3,9 +3,11 @@ other's context at any layer, the loss is the mean of both directions, its weigh
 classification heads, the training script reports a perplexity per direction; and ELMo's layer mix in the heads."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
 from rnn_lm_hf.modeling_rnn_lm import RNNLMModel, reversal_index
@@ -148,3 +150,58 @@ def test_training_script_reports_a_perplexity_per_direction(tmp_path, corpus):
         assert 1 < metrics[f"eval_{direction}perplexity"] < 1000
     assert json.loads((tmp_path / "run" / "config.json").read_text())["separate_directions"] is True
     assert train_clm.cli(tiny_run_args(corpus, tmp_path / "stateful", "--config_overrides", overrides)) == 2
+
+
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+def test_flair_word_features_read_the_right_character_positions(padding):
+    """Each position reads the forward state there and the backward state at its word's first character."""
+    torch.manual_seed(0)
+    space = 4
+    rows = [[5, 6, 7, space, 8, 9, space, 10], [11, space, 12, 13, space]]  # words: 5 6 7 | 8 9 | 10, and 11 | 12 13
+    width = max(map(len, rows))
+    ids, mask = torch.zeros(2, width, dtype=torch.long), torch.zeros(2, width, dtype=torch.long)
+    for r, row in enumerate(rows):
+        place = slice(width - len(row), width) if padding == "left" else slice(0, len(row))
+        ids[r, place], mask[r, place] = torch.tensor(row), 1
+    if padding == "none":
+        ids, mask = ids[:1], mask[:1]
+    model = RNNLMForTokenClassification(bilm_config(num_labels=3, word_separator_id=space)).eval()
+    seen = {}
+    model.classifier.register_forward_hook(lambda module, args, output: seen.update(features=args[0]))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+        states = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    for r in range(len(ids)):
+        start = None
+        for t in range(width):
+            if not mask[r, t] or ids[r, t] == space:
+                start = None
+                continue
+            start = t if start is None else start
+            torch.testing.assert_close(seen["features"][r, t, :6], states[r, t, :6])
+            torch.testing.assert_close(seen["features"][r, t, 6:], states[r, start, 6:])
+    with pytest.raises(ValueError, match="word_separator_id.*bidirectional=True"):
+        RNNLMConfig(word_separator_id=4)
+
+
+def test_flair_pipeline_character_bilm_into_a_tagger(tmp_path, corpus):
+    """Flair's recipe end to end: a character-level bidirectional LM, then a tagger on its word features."""
+    from rnn_lm_hf.training import train_token_classification
+
+    overrides = "hidden_size=16,num_hidden_layers=1,bidirectional=true,separate_directions=true"
+    lm_args = tiny_run_args(corpus, tmp_path / "charlm", "--max_steps", "3", "--stateful", "false")
+    lm_args[lm_args.index("--config_overrides") + 1] = overrides
+    train_clm.main([*lm_args, "--tokenizer_kind", "char"])
+    ner = Path(__file__).resolve().parent / "fixtures" / "ner"
+    tagger_args = [
+        "--model_name_or_path", tmp_path / "charlm", "--train_file", ner / "train.conll", "--validation_file",
+        ner / "dev.conll", "--output_dir", tmp_path / "tagger", "--do_train", "--do_eval", "--flair_word_features",
+        "--label_sub_token", "last", "--max_steps", "3", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+    ]  # fmt: skip
+    metrics = train_token_classification.main([str(arg) for arg in tagger_args])
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    config = json.loads((tmp_path / "tagger" / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "charlm")
+    assert config["word_separator_id"] == tokenizer.convert_tokens_to_ids(" ") and config["separate_directions"]
+    with pytest.raises(ValueError, match="--flair_word_features.*--label_sub_token last"):
+        train_token_classification.main([str(arg) for arg in tagger_args if arg not in ("--label_sub_token", "last")])

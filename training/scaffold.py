@@ -277,10 +277,12 @@ def build_model(
     model_args: ModelArguments,
     tokenizer: PreTrainedTokenizerFast,
     id2label: dict[int, str] | None = None,
+    config_updates: dict | None = None,
 ) -> PreTrainedModel:
     """A `model_class` model (with the data's labels, for a tagger or classifier): new (config defaults,
     `--config_name`, then the overrides; the vocabulary and special ids from the tokenizer), or loaded from
-    `--model_name_or_path`: an LM folder (transfer into a new head) or a model of this head."""
+    `--model_name_or_path`: an LM folder (transfer into a new head) or a model of this head. `config_updates` are
+    non-architecture fields a script derives from its options (they follow the overrides)."""
     path, overrides = model_args.model_name_or_path, model_args.config_overrides
     labels = {"id2label": id2label, "label2id": {label: i for i, label in id2label.items()}} if id2label else {}
     if path is None:
@@ -288,7 +290,7 @@ def build_model(
         if overrides:
             config.update_from_string(overrides)
         config.update({"vocab_size": len(tokenizer), **{name: getattr(tokenizer, name) for name in SPECIAL_IDS}})
-        config.update(labels)
+        config.update({**labels, **(config_updates or {})})
         config.check_architecture()
         return model_class(config)
 
@@ -303,7 +305,8 @@ def build_model(
     check_tokenizer_fits(tokenizer, config, path)
     if id2label:
         check_checkpoint_labels(model_class, model_args, config, id2label, path)
-    config.update(labels)
+    config.update({**labels, **(config_updates or {})})
+    config.check_architecture()
     model, info = model_class.from_pretrained(
         path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, output_loading_info=True
     )

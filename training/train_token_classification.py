@@ -96,6 +96,15 @@ class DataArguments(SplitArguments):
         },
     )
     return_entity_level_metrics: bool = field(default=False, metadata={"help": "Also report F1 per entity type."})
+    flair_word_features: bool = field(
+        default=False,
+        metadata={
+            "help": "A character-level, bidirectional tagger (--tokenizer_kind char, or a character-level "
+            "bidirectional LM as --model_name_or_path) reading Flair's word features (Akbik et al. 2018): the "
+            "forward state after each word's last character and the backward state at its first. Needs "
+            "--label_sub_token last."
+        },
+    )
 
     def __post_init__(self):
         if not (self.train_file or self.validation_file or self.test_file):
@@ -117,6 +126,10 @@ class DataArguments(SplitArguments):
             raise ValueError("--label_all_tokens only goes with --label_sub_token first (it labels every sub-token)")
         if self.label_scheme not in LABEL_SCHEMES:
             raise ValueError(f"--label_scheme must be one of {', '.join(LABEL_SCHEMES)}, got {self.label_scheme!r}")
+        if self.flair_word_features and self.label_sub_token != "last":
+            raise ValueError(
+                "--flair_word_features reads each word's features at its last character: pass --label_sub_token last"
+            )
 
 
 def read_splits(data_args: DataArguments, labels: list[str] | None) -> tuple[datasets.DatasetDict, list[str]]:
@@ -152,6 +165,17 @@ def word_prefix(tokenizer) -> str:
             "be the one labelled in running text; use --tokenizer_kind word or bpe"
         )
     return ""
+
+
+def character_id(tokenizer, character: str) -> int:
+    """The id of one character in a character-level tokenizer, or a clear error for any other tokenizer."""
+    ids = tokenizer(character, add_special_tokens=False).input_ids
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(
+            f"the tokenizer does not encode {character!r} as one token of its own, so Flair's word features cannot "
+            "find the words: use a character-level tokenizer (--tokenizer_kind char) or a character-level LM"
+        )
+    return ids[0]
 
 
 def chunk_scheme(data_args: DataArguments, labels: list[str]) -> str | None:
@@ -219,8 +243,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logger.info("%d labels: %s", len(labels), labels)
 
     tokenizer = get_tokenizer(model_args, lambda: (" ".join(tokens) for tokens in raw["train"]["tokens"]))
-    model = build_model(RNNLMForTokenClassification, model_args, tokenizer, id2label)
-    prefix = word_prefix(tokenizer)
+    flair = {"word_separator_id": character_id(tokenizer, " ")} if data_args.flair_word_features else {}
+    model = build_model(RNNLMForTokenClassification, model_args, tokenizer, id2label, flair)
+    # Flair's features split words at spaces: a character-level tokenizer then encodes each space as a token.
+    prefix = " " if model.config.word_separator_id is not None else word_prefix(tokenizer)
 
     def preprocess(examples):
         words = [[word if i == 0 else prefix + word for i, word in enumerate(s)] for s in examples["tokens"]]
