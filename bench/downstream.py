@@ -16,8 +16,12 @@ sub-token; classifiers use ULMFiT's concat pooling), so they differ only in the 
     python bench/downstream.py --only wnut17 sst2                 # a subset
     python bench/downstream.py --pretrained_lm runs/lm_wikitext2 --init scratch-lm pretrained ulmfit
     python bench/downstream.py --device cuda --jobs 12 ...        # runs share one GPU, 12 at a time
+    python bench/downstream.py --only wnut17 ud_ewt_upos --overrides use_crf=true --variant crf   # a CRF on top
+    python bench/downstream.py --pretrained_lm runs/bilm_wikitext2 --variant bilm --init scratch-lm pretrained
 
-Results are merged into --results (one row per benchmark and initialisation) and printed as a markdown table.
+`--overrides` adds config fields to every run (a CRF, ELMo's layer mix); `--variant` names such rows (and an LM
+other than the default one), so they sit beside the plain ones. Results are merged into --results (one row per
+benchmark, initialisation and variant) and printed as a markdown table.
 """
 
 import argparse
@@ -89,18 +93,21 @@ def cpu_model() -> str:
 
 def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
     spec = BENCHMARKS[name]
-    output_dir = Path(args.runs_dir) / f"{name}-{init}"
+    output_dir = Path(args.runs_dir) / "-".join(filter(None, (name, init, args.variant)))
     command = ["python", spec["script"], spec["config"], "--output_dir", str(output_dir)]
     if args.device == "cuda":
         command += ["--use_cpu", "false"]
+    overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
     if init == "scratch":
+        if args.overrides:
+            command += ["--config_overrides", ",".join(filter(None, (overrides, args.overrides)))]
         return command + args.extra
     # The LM fixes architecture, tokenizer and dropout (its features were learnt with it); keep the config's other
     # overrides (pooling, ...) and add lm_overrides. scratch-lm gets exactly the same, only its weights are random.
-    overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
     fixed = (*RNNLMConfig.architecture_fields, "dropout")
     kept = {key: value for key, value in RNNLMConfig.parse_overrides(overrides).items() if key not in fixed}
     kept.update(RNNLMConfig.parse_overrides(spec.get("lm_overrides")))
+    kept.update(RNNLMConfig.parse_overrides(args.overrides))
     lm = args.pretrained_lm
     # Always passed, even empty: it replaces the config file's overrides, which set the BiLSTM's architecture.
     command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items()), *spec["lm_flags"]]
@@ -151,6 +158,7 @@ def run(name: str, init: str, args: argparse.Namespace, deadline: float) -> dict
     return {
         "benchmark": name,
         "init": init,
+        "variant": args.variant,
         "label": spec["label"],
         "metric": spec["metric"],
         "value": metrics[spec["metric"]],
@@ -169,12 +177,13 @@ def run(name: str, init: str, args: argparse.Namespace, deadline: float) -> dict
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| benchmark | init | test | dev | anchor | wall |", "|---|---|---|---|---|---|"]
+    lines = ["| benchmark | init | variant | test | dev | anchor | wall |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         value = f"{100 * row['value']:.2f}" + (f" ± {100 * row['std']:.2f}" if row.get("std") is not None else "")
         dev = f"{100 * row['dev']:.2f}" if row.get("dev") is not None else ""
         lines.append(
-            f"| {row['label']} | {row['init']} | {value} | {dev} | {row['anchor']} | {row['wall_s'] / 60:.1f} min |"
+            f"| {row['label']} | {row['init']} | {row.get('variant') or ''} | {value} | {dev} | {row['anchor']} "
+            f"| {row['wall_s'] / 60:.1f} min |"
         )
     return "\n".join(lines)
 
@@ -186,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pretrained_lm", help="Causal-LM folder (train_clm.py on WikiText-2) for the LM-based inits."
     )
+    parser.add_argument("--overrides", default="", help="Config fields added to every run, e.g. use_crf=true.")
+    parser.add_argument("--variant", default="", help="Name of these rows (an LM, overrides), kept apart from others.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (on cuda they share the one GPU).")
     parser.add_argument("--deadline_minutes", type=float, default=None, help="Stop runs still going after this.")
@@ -213,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
             if row is None:
                 failed.append(f"{name} ({init})")
                 continue
-            rows = [r for r in rows if (r["benchmark"], r["init"]) != (name, init)] + [row]
+            key = (name, init, args.variant)
+            rows = [r for r in rows if (r["benchmark"], r["init"], r.get("variant", "")) != key] + [row]
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(rows, indent=2) + "\n")  # after every run: a crash keeps the rest
     print("\n" + markdown_table(rows))

@@ -31,7 +31,15 @@ def namespace(**overrides):
     import argparse
 
     return argparse.Namespace(
-        **{"runs_dir": "runs/x", "device": "cpu", "pretrained_lm": "lm", "extra": [], **overrides}
+        **{
+            "runs_dir": "runs/x",
+            "device": "cpu",
+            "pretrained_lm": "lm",
+            "extra": [],
+            "overrides": "",
+            "variant": "",
+            **overrides,
+        }
     )
 
 
@@ -77,3 +85,12 @@ def test_rows_merge_and_a_run_past_the_deadline_is_not_a_result(downstream, tmp_
         )
     assert "[deadline] slow (scratch)" in capsys.readouterr().out
     assert {(row["benchmark"], row["init"]) for row in json.loads(results.read_text())} == set(rows)
+
+
+def test_overrides_and_variants_add_to_every_init(downstream):
+    args = namespace(overrides="use_crf=true", variant="crf")
+    scratch = downstream.command_for("wnut17", "scratch", args)
+    assert scratch[scratch.index("--config_overrides") + 1].endswith("dropout=0.3,use_crf=true")
+    assert scratch[scratch.index("--output_dir") + 1] == "runs/x/wnut17-scratch-crf"
+    pretrained = downstream.command_for("wnut17", "pretrained", args)
+    assert pretrained[pretrained.index("--config_overrides") + 1] == "use_crf=true"

@@ -49,3 +49,37 @@ def test_awd_recipe_has_the_paper_settings():
     expected = {"learning_rate": 30.0, "max_grad_norm": 0.25, "block_size": 70, "per_device_train_batch_size": 20,
                 "activation_regularization": 2.0, "temporal_activation_regularization": 1.0, "nt_asgd_nonmono": 5}  # fmt: skip
     assert {key: recipe[key] for key in expected} == expected
+
+
+TAGGER_RECIPES = sorted(
+    path.name for path in CONFIGS.glob("*.json") if "conll" in json.loads(path.read_text()).get("train_file", "")
+)
+
+
+@pytest.mark.parametrize("name", TAGGER_RECIPES)
+def test_tagger_recipe_parses_and_builds(name, shared_data, monkeypatch):
+    """Every tagger recipe (BiLSTM, with a CRF, character-level with Flair's word features) parses with the script's
+    own arguments and builds its head with the labels of its data."""
+    from transformers import TrainingArguments
+
+    from rnn_lm_hf import RNNLMForTokenClassification
+    from rnn_lm_hf.training import train_token_classification
+    from rnn_lm_hf.training.finetuning import TransferArguments
+    from rnn_lm_hf.training.scaffold import ModelArguments, RunArguments, parse_script_args
+
+    monkeypatch.chdir(CONFIGS.parents[1])  # the recipes name ../shared/data relative to the repository
+    types = (
+        ModelArguments,
+        train_token_classification.DataArguments,
+        TransferArguments,
+        TrainingArguments,
+        RunArguments,
+    )
+    model_args, data_args, *_ = parse_script_args(types, [str(CONFIGS / name)])
+    config = RNNLMConfig(vocab_size=100, id2label={0: "O", 1: "B-X", 2: "I-X"})
+    config.update_from_string(model_args.config_overrides)
+    if data_args.flair_word_features:
+        assert model_args.tokenizer_kind == "char" and data_args.label_sub_token == "last"
+        config.word_separator_id = 4
+    model = RNNLMForTokenClassification(config)
+    assert (model.crf is not None) == config.use_crf
