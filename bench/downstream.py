@@ -130,7 +130,7 @@ def run(name: str, init: str, args: argparse.Namespace, deadline: float) -> dict
     """One benchmark run in its own process; its row, or None if it failed or ran past the deadline."""
     command = command_for(name, init, args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log_path = Path(args.runs_dir) / f"{name}-{init}.log"
+    log_path = Path(command[command.index("--output_dir") + 1] + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[start] {name} ({init}): {shlex.join(command)}  > {log_path}", flush=True)
     start = time.perf_counter()

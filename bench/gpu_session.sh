@@ -15,6 +15,8 @@
 #   2. the WikiText-2 transfer LM ($LM_CONFIG), packed into $OUT/lm.tar so the fine-tuning can go on elsewhere;
 #   3. the LM-based downstream rows (bench/downstream.py --init scratch-lm pretrained), $JOBS runs sharing the GPU;
 #      runs still going at the deadline are stopped and reported as unfinished, never as results.
+# Issue 13's bidirectional LM: LM_CONFIG=training/configs/wikitext2_bilm_gpu.json VARIANT=bilm, and OVERRIDES (e.g.
+# layer_mix=true) for every downstream run; SMOKE_LM_OVERRIDES replaces the dry run's tiny LM architecture.
 # A bare machine gets the data and the missing wheels from .gpu/ (bench/gpu_bundle.sh); results land in $OUT.
 set -u
 OUT=${OUT:-runs/gpu_session}
@@ -22,6 +24,9 @@ BUDGET_S=${BUDGET_S:-540}
 SMOKE=${SMOKE:-0}
 JOBS=${JOBS:-4}
 LM_CONFIG=${LM_CONFIG:-training/configs/wikitext2_lm_transfer.json}
+VARIANT=${VARIANT:-}
+OVERRIDES=${OVERRIDES:-}
+SMOKE_LM_OVERRIDES=${SMOKE_LM_OVERRIDES:-cell_type=lstm,embedding_size=16,hidden_size=24,num_hidden_layers=2,dropout=0.3}
 PY=${PYTHON:-python3}
 START=$(date +%s)
 LOGS=runs/gpu_logs  # everything but the result files travels back as one archive: at most 8 files come back
@@ -52,7 +57,7 @@ nvidia-smi > $LOGS/nvidia-smi.txt 2>&1
 if [ "$SMOKE" = 1 ]; then
   DEVICE=cpu
   LM_FLAGS=(--use_cpu true --max_steps 4 --tokenizer_vocab_size 300 --num_samples 1
-            --config_overrides "cell_type=lstm,embedding_size=16,hidden_size=24,num_hidden_layers=2,dropout=0.3")
+            --config_overrides "$SMOKE_LM_OVERRIDES")
   RUN_FLAGS=(-- --max_steps 2)
   SPEED_FLAGS=(--device cpu --sizes tiny)
   ISSUE14_FLAGS=(--device cpu --sizes tiny --new-tokens 4)
@@ -107,6 +112,7 @@ if [ -f $LM/model.safetensors ]; then
   log "stage 3: downstream rows ($(left) s left)"
   $PY bench/downstream.py --device $DEVICE --jobs "$JOBS" --pretrained_lm $LM --init scratch-lm pretrained \
     --only ud_ewt_upos wnut17 sst2 rt_polarity --deadline_minutes "$(minutes_left_but 20)" \
+    --variant "$VARIANT" --overrides "$OVERRIDES" \
     --results "$OUT/downstream.json" --runs_dir runs/gpu_downstream "${RUN_FLAGS[@]}" > $LOGS/downstream.log 2>&1
   log "downstream exit $?"
 fi
