@@ -7,7 +7,6 @@ written in the file (strings), or a `ClassLabel` when `label_names` is given. Fo
 
 import csv
 import io
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ import datasets
 import numpy as np
 
 from .data import DataError
-from .tagging_data import read_lines, read_text
+from .tagging_data import read_jsonl, read_lines, read_text
 
 
 logger = logging.getLogger(__name__)
@@ -45,9 +44,7 @@ def _infer_format(path: Path) -> str:
         return "label_first"
     suffix = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
     if suffix is None:
-        raise DataError(
-            f"{path}: can't tell the layout from the file name; pass file_format= one of {FILE_FORMATS}"
-        )
+        raise DataError(f"{path}: can't tell the layout from the file name; pass file_format= one of {FILE_FORMATS}")
     return suffix
 
 
@@ -68,7 +65,8 @@ def _pick_column(path: Path, found: Sequence[str], given: str | None, candidates
 def _read_table(path: Path, file_format: str, encoding: str) -> tuple[list[str], list[tuple[int, dict]]]:
     """(header, [(line number, row dict), ...]) of a tsv, csv or jsonl file."""
     if file_format == "jsonl":
-        return _read_jsonl(path, encoding)
+        rows = read_jsonl(path, encoding)
+        return (list(rows[0][1]) if rows else []), rows
     # GLUE tsv files are unquoted and hold literal '"' characters, so tsv reads with quoting off.
     quoting, delimiter = (csv.QUOTE_NONE, "\t") if file_format == "tsv" else (csv.QUOTE_MINIMAL, ",")
     reader = csv.reader(io.StringIO(read_text(path, encoding), newline=""), delimiter=delimiter, quoting=quoting)
@@ -86,21 +84,6 @@ def _read_table(path: Path, file_format: str, encoding: str) -> tuple[list[str],
     except csv.Error as err:
         raise DataError(f"{path}:{reader.line_num}: {err}") from None
     return header, rows
-
-
-def _read_jsonl(path: Path, encoding: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    rows = []
-    for lineno, line in enumerate(read_lines(path, encoding), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg}); write one object per line") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-        rows.append((lineno, row))
-    return (list(rows[0][1]) if rows else []), rows
 
 
 def read_classification_file(
@@ -138,9 +121,7 @@ def read_classification_file(
         label_column = _pick_column(path, header, label_column, LABEL_COLUMNS, "label") if labeled else None
         for lineno, row in rows:
             if text_column not in row or (label_column is not None and label_column not in row):
-                raise DataError(
-                    f"{path}:{lineno}: missing {text_column!r} or {label_column!r}; keys: {list(row)}"
-                )
+                raise DataError(f"{path}:{lineno}: missing {text_column!r} or {label_column!r}; keys: {list(row)}")
             label = str(row[label_column]).strip() if label_column is not None else None
             records.append((f"{path}:{lineno}", str(row[text_column]), label))
     else:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import demo_corpus
 from .evaluation import continuation_log_probs
+from .tagging_data import read_jsonl
 
 
 TEXT_FIELDS = ("prefix", "good", "bad", "sentence_good", "sentence_bad")
@@ -161,16 +162,9 @@ def read_pairs(path: str | Path) -> list[dict]:
             f"No pairs file {str(path)!r}: pass a .jsonl file (`rnn-lm analyze pairs` writes one)."
         )
     pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                pair = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not JSON ({error.msg}).") from None
-            check_pair(pair, f"{path}, line {number}")
-            pairs.append(pair)
+    for number, pair in read_jsonl(path):
+        check_pair(pair, f"{path}, line {number}")
+        pairs.append(pair)
     if not pairs:
         raise ValueError(f"{path} holds no pairs.")
     return pairs

@@ -5,6 +5,7 @@ Readers return a `datasets.Dataset` with `tokens` and `tags` columns (lists of s
 `DataError` with a one-line message naming the file, the line and the fix.
 """
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +48,23 @@ def read_lines(path: str | Path, encoding: str = "utf-8") -> list[str]:
     # U+0085 (byte 0x85, a cp1252 ellipsis) inside sentences.
     lines = [line.removesuffix("\r") for line in read_text(path, encoding).split("\n")]
     return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def read_jsonl(path: str | Path, encoding: str = "utf-8") -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a jsonl file; a `DataError` names a line that is not a JSON
+    object."""
+    rows = []
+    for lineno, line in enumerate(read_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg}); write one object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append((lineno, row))
+    return rows
 
 
 class _LabelChecker:
