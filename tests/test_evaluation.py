@@ -82,7 +82,7 @@ def test_dynamic_eval_equals_a_reference_loop_and_never_changes_the_model():
         out = reference(x, cache=cache, use_cache=True)
         cache = getattr(out, CACHE_FIELD)
         loss = torch.nn.functional.cross_entropy(out.logits[0], y[0])
-        expected += float(loss) * y.shape[1]
+        expected += loss.item() * y.shape[1]
         loss.backward()
         with torch.no_grad():
             for p, w0, r in zip(params, start_weights, rms):
