@@ -79,6 +79,17 @@ class RNNLMConfig(PretrainedConfig):
             `<|endoftext|>`). Outputs keep the caller's positions.
         classifier_dropout (`float`, *optional*):
             Dropout before the tagging/classification layer. `None` means `dropout`.
+        char_cnn_filters (`int`, *optional*, defaults to 0):
+            Character-aware tokens (Kim et al. 2016; CharacterBERT): a character CNN with this many filters reads
+            every token's spelling and its max-pooled features join the token embedding at the first layer's input,
+            so rare words and sub-words share what their letters say (capitals, digits, suffixes). The spelling of
+            each vocabulary entry is stored with the weights (`RNNLMModel.set_token_spellings`). 0: off.
+        char_embedding_size (`int`, *optional*, defaults to 16):
+            Width of the character embeddings the CNN reads.
+        max_token_chars (`int`, *optional*, defaults to 16):
+            Characters of a token the CNN reads (longer tokens are cut).
+        char_vocab_size (`int`, *optional*, defaults to 0):
+            Characters the CNN knows, padding included; set from the tokenizer's vocabulary.
         layer_mix (`bool`, *optional*, defaults to `False`):
             Tagging and classification heads read a learned mix of every layer's output instead of the last layer's
             (ELMo's scalar mix: `gamma * sum_l softmax(w)_l h_l`), so a pretrained encoder's lower, more syntactic
@@ -127,6 +138,10 @@ class RNNLMConfig(PretrainedConfig):
     # would silently break the transfer (the fine-tuning scripts refuse it).
     architecture_fields = (
         "vocab_size",
+        "char_cnn_filters",
+        "char_embedding_size",
+        "max_token_chars",
+        "char_vocab_size",
         "hidden_size",
         "hidden_sizes",
         "embedding_size",
@@ -161,6 +176,10 @@ class RNNLMConfig(PretrainedConfig):
         start_after_eos: bool = False,
         classifier_dropout: float | None = None,
         classifier_pooling: str = "last",
+        char_cnn_filters: int = 0,
+        char_embedding_size: int = 16,
+        max_token_chars: int = 16,
+        char_vocab_size: int = 0,
         layer_mix: bool = False,
         word_separator_id: int | None = None,
         use_crf: bool = False,
@@ -193,6 +212,10 @@ class RNNLMConfig(PretrainedConfig):
         self.start_after_eos = start_after_eos
         self.classifier_dropout = classifier_dropout
         self.classifier_pooling = classifier_pooling
+        self.char_cnn_filters = char_cnn_filters
+        self.char_embedding_size = char_embedding_size
+        self.max_token_chars = max_token_chars
+        self.char_vocab_size = char_vocab_size
         self.layer_mix = layer_mix
         self.word_separator_id = word_separator_id
         self.use_crf = use_crf
@@ -221,6 +244,16 @@ class RNNLMConfig(PretrainedConfig):
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
+        for name in ("char_cnn_filters", "char_vocab_size"):
+            if (
+                isinstance(getattr(self, name), bool)
+                or not isinstance(getattr(self, name), int)
+                or getattr(self, name) < 0
+            ):
+                raise ValueError(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
+        if self.char_cnn_filters:
+            _check_positive_int("char_embedding_size", self.char_embedding_size)
+            _check_positive_int("max_token_chars", self.max_token_chars)
         if self.separate_directions and not self.bidirectional:
             raise ValueError(
                 "`separate_directions=True` splits the two directions of a bidirectional model: set "
@@ -334,7 +367,7 @@ class RNNLMConfig(PretrainedConfig):
     def layer_input_size(self, layer_idx: int) -> int:
         """Width of what layer `layer_idx` reads: the embeddings, or the previous layer's output."""
         if layer_idx == 0:
-            return self.input_size
+            return self.input_size + self.char_cnn_filters  # the token embedding, then its spelling's features
         return self.layer_hidden_sizes[layer_idx - 1] * (1 if self.separate_directions else self.num_directions)
 
     @property

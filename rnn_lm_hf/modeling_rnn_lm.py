@@ -228,6 +228,37 @@ def reversal_index(attention_mask: torch.Tensor | None, x: torch.Tensor) -> torc
     return torch.where(mask, real_first.gather(1, mirrored), positions)
 
 
+class RNNLMTokenSpelling(nn.Module):
+    """Character-aware tokens (Kim et al. 2016, https://arxiv.org/abs/1508.06615; CharacterBERT for word pieces): a
+    CNN over each token's characters, max-pooled over them. The characters of every vocabulary entry are a buffer
+    saved with the weights, so the model still reads only `input_ids` (pipelines, generate, the Hub)."""
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__()
+        # (vocab_size, max_token_chars) character ids, 0 = no character; filled by `set_token_spellings`.
+        self.register_buffer("spellings", torch.zeros(config.vocab_size, config.max_token_chars, dtype=torch.long))
+        self.char_embeddings = nn.Embedding(max(config.char_vocab_size, 1), config.char_embedding_size, padding_idx=0)
+        self.conv = nn.Conv1d(config.char_embedding_size, config.char_cnn_filters, kernel_size=3, padding=1)
+
+    def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        chars = self.spellings[input_ids]  # (batch, seq_len, max_token_chars)
+        embedded = self.char_embeddings(chars.flatten(0, 1)).transpose(1, 2)  # (tokens, char_embedding, chars)
+        features = torch.tanh(self.conv(embedded))  # (tokens, filters, chars)
+        present = (chars.flatten(0, 1) != 0).unsqueeze(1)  # padding characters never win the max
+        pooled = features.masked_fill(~present, -1.0).amax(-1)  # tanh >= -1: a token without characters gets -1s
+        return pooled.view(*input_ids.shape, -1)  # (batch, seq_len, filters)
+
+
+def spelling_table(tokens: list[str], max_chars: int) -> tuple[torch.Tensor, dict[str, int]]:
+    """The character ids of every token, (len(tokens), max_chars), and the character vocabulary (0 is padding)."""
+    characters = {char: i + 1 for i, char in enumerate(sorted({char for token in tokens for char in token}))}
+    table = torch.zeros(len(tokens), max_chars, dtype=torch.long)
+    for row, token in enumerate(tokens):
+        ids = [characters[char] for char in token[:max_chars]]
+        table[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return table, characters
+
+
 class RNNLMLayer(GradientCheckpointingLayer):
     """One recurrent layer. Layers are separate modules so every layer's hidden states can be returned."""
 
@@ -309,6 +340,9 @@ class RNNLMPreTrainedModel(PreTrainedModel):
             init.uniform_(module.weight, -bound, bound)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
+            loaded = getattr(module.weight, "_is_hf_initialized", False)  # a row loses the flag: check the whole
+            if getattr(module, "padding_idx", None) is not None and not loaded:  # the char CNN's padding reads zeros
+                init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, nn.RNNBase):
             for name, param in module.named_parameters():
                 if self.config.init_recurrent_uniform:  # Zaremba et al. 2014: every weight ~ U(-0.1, 0.1)
@@ -341,6 +375,7 @@ class RNNLMModel(RNNLMPreTrainedModel):
     def __init__(self, config: RNNLMConfig):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.input_size)
+        self.spelling = RNNLMTokenSpelling(config) if config.char_cnn_filters else None
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList([RNNLMLayer(config, i) for i in range(config.num_hidden_layers)])
         # ELMo's backward LM: its own stack, run over every row reversed (`separate_directions`).
@@ -375,14 +410,28 @@ class RNNLMModel(RNNLMPreTrainedModel):
                 "model.resize_token_embeddings(len(tokenizer)) after adding tokens."
             )
 
+    def set_token_spellings(self, tokens: list[str]) -> None:
+        """Store the spelling of every vocabulary entry (`tokenizer.convert_ids_to_tokens(range(vocab_size))`) for
+        the character CNN; `config.char_vocab_size` must cover its characters (`spelling_table` counts them)."""
+        table, characters = spelling_table(tokens, self.config.max_token_chars)
+        if len(characters) + 1 > self.config.char_vocab_size or len(tokens) != self.config.vocab_size:
+            raise ValueError(
+                f"{len(tokens)} tokens with {len(characters)} distinct characters do not fit vocab_size="
+                f"{self.config.vocab_size}, char_vocab_size={self.config.char_vocab_size}: set char_vocab_size to "
+                "len(spelling_table(tokens, max_token_chars)[1]) + 1 before building the model."
+            )
+        self.spelling.spellings.copy_(table)
+
     def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         embeds = self.embeddings(input_ids)  # (batch, seq_len, input_size)
         p = self.config.dropout_embedding
-        if not self.training or p == 0:
-            return embeds
-        # Embedding dropout (AWD-LSTM's `dropoute`): a dropped word type is zero at every occurrence in this batch.
-        keep = embeds.new_empty(self.embeddings.num_embeddings).bernoulli_(1 - p) / (1 - p)  # (vocab_size,)
-        return embeds * keep[input_ids].unsqueeze(-1)
+        if self.training and p > 0:
+            # Embedding dropout (AWD-LSTM's `dropoute`): a dropped word type is zero at every occurrence in this batch.
+            keep = embeds.new_empty(self.embeddings.num_embeddings).bernoulli_(1 - p) / (1 - p)  # (vocab_size,)
+            embeds = embeds * keep[input_ids].unsqueeze(-1)
+        if self.spelling is not None:  # (batch, seq_len, input_size + char_cnn_filters)
+            embeds = torch.cat([embeds, self.spelling(input_ids)], -1)
+        return embeds
 
     def read_state(self, cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
         if cache is None:
@@ -536,6 +585,11 @@ class RNNLMModel(RNNLMPreTrainedModel):
         if inputs_embeds is None:
             self.check_token_ids(input_ids)
             inputs_embeds = self.embed(input_ids)  # (batch, seq_len, input_size)
+        elif self.spelling is not None and inputs_embeds.shape[-1] != self.config.layer_input_size(0):
+            raise ValueError(
+                "With char_cnn_filters the first layer reads each token's embedding and its spelling's features: "
+                "pass input_ids, or inputs_embeds from model.model.embed(input_ids)."
+            )
         cache = self.prepare_cache(cache, bool(use_cache) or cache is not None, inputs_embeds.shape[0])
 
         num_new = inputs_embeds.shape[1]
@@ -1069,6 +1123,7 @@ __all__ = [
     "IGNORE_INDEX",
     "RNNLMCRF",
     "RNNLMLayerMix",
+    "RNNLMTokenSpelling",
     "MODEL_CLASSES",
     "RNNLMCache",
     "RNNLMPreTrainedModel",

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, PreTrainedModel, 
 
 from rnn_lm_hf import RNNLMConfig
 from rnn_lm_hf.hub import check_model_source
+from rnn_lm_hf.modeling_rnn_lm import spelling_table
 from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
 from rnn_lm_hf.trainer import CSVLogCallback, GradientHealthCallback, TimeBudgetCallback
 
@@ -291,8 +292,14 @@ def build_model(
             config.update_from_string(overrides)
         config.update({"vocab_size": len(tokenizer), **{name: getattr(tokenizer, name) for name in SPECIAL_IDS}})
         config.update({**labels, **(config_updates or {})})
+        spellings = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))) if config.char_cnn_filters else None
+        if spellings is not None:  # the character CNN learns the characters of this vocabulary
+            config.char_vocab_size = len(spelling_table(spellings, config.max_token_chars)[1]) + 1
         config.check_architecture()
-        return model_class(config)
+        model = model_class(config)
+        if spellings is not None:
+            model.base_model.set_token_spellings(spellings)
+        return model
 
     config = RNNLMConfig.from_pretrained(path)
     if blocked := [key for key in RNNLMConfig.parse_overrides(overrides) if key in config.architecture_fields]:
