@@ -286,3 +286,15 @@ def test_a_context_is_read_but_not_scored(char_tokenizer, kind):
     assert (good, bad) == pytest.approx(expected, abs=1e-4)
     if kind == "sentence":  # after a whole prefix of characters, a random GRU has forgotten the context
         assert (good, bad) != pytest.approx(score_pairs(model, char_tokenizer, [pair])[0], abs=1e-3)
+
+
+def test_rnn_lm_analyze_runs_through_the_cli(saved_model, tmp_path, capsys):
+    from rnn_lm_hf.cli import main as cli_main
+
+    folder, _ = saved_model
+    pairs = tmp_path / "pairs.jsonl"
+    assert cli_main(["analyze", "pairs", "--output", str(pairs), "--n", "8"]) == 0
+    assert cli_main(["analyze", "agreement", str(folder), "--pairs", str(pairs), "--output_dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "agreement.json").read_text())["num_pairs"] == 8
+    assert cli_main(["analyze", "agreement", str(tmp_path / "nope"), "--pairs", str(pairs), "--output_dir", "x"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: No saved model in")
