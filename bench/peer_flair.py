@@ -10,11 +10,15 @@ plateau, epoch selected on dev, test scored once with flair's own evaluation (UP
 F1 over exact-match entity spans, what conlleval counts). Training stops at the last epoch boundary that fits the
 wall-time budget (`--minutes`, per-epoch dev evaluation included).
 
+Two flair 0.15.1 defects bite this setup, both measured here (BENCHMARKS.md 4.5): with flair's default
+`embeddings_storage_mode="cpu"` the dev split keeps its first-epoch vectors (so we pass "none"), and
+`CharacterEmbeddings` gives a repeated word's first occurrence another word's vector (`--fix_char_embeddings`).
+
 Usage (from the repository root; one thread, as for our rows):
     python3 -m venv .venv-flair && .venv-flair/bin/pip install flair
     OMP_NUM_THREADS=1 .venv-flair/bin/python bench/peer_flair.py --task ud_ewt_upos --minutes 10 \
         --out bench/results/peer_flair_cpu.json
-    OMP_NUM_THREADS=1 .venv-flair/bin/python bench/peer_flair.py --task wnut17 --minutes 5 --embeddings char
+    OMP_NUM_THREADS=1 .venv-flair/bin/python bench/peer_flair.py --task wnut17 --minutes 10 --fix_char_embeddings
 """
 
 import argparse
@@ -103,6 +107,39 @@ def char_counts(sentences: list[list[tuple[str, str]]]) -> Counter:
     return Counter(char for sentence in sentences for token, _tag in sentence for char in token)
 
 
+def fix_character_embeddings(CharacterEmbeddings, torch) -> None:
+    """Patch flair 0.15.1's `CharacterEmbeddings._add_embeddings_internal`, which sorts a sentence's words by length
+    for packing and maps them back by comparing character ids: when a word occurs twice, one occurrence gets another
+    word's vector (in "a cat a" the first "a" gets the vector of "cat"). Same computation, with the sort permutation
+    kept instead."""
+
+    def add_embeddings(self, sentences):
+        for sentence in sentences:
+            # (words,) char ids per word, then the words longest first, as pack_padded_sequence wants
+            ids = [[self.char_dictionary.get_idx_for_item(char) for char in token.text] for token in sentence]
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+            lengths = [len(ids[i]) for i in order]
+            chars = torch.zeros((len(ids), lengths[0]), dtype=torch.long, device=flair_device())
+            for row, i in enumerate(order):
+                chars[row, : lengths[row]] = torch.tensor(ids[i], dtype=torch.long)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(self.char_embedding(chars).transpose(0, 1), lengths)
+            outputs, _ = torch.nn.utils.rnn.pad_packed_sequence(self.char_rnn(packed)[0])
+            # (words, 2 * hidden_size_char): each word's output at its last character, as flair does
+            last = outputs[torch.tensor(lengths) - 1, torch.arange(len(ids))]
+            vectors = torch.empty_like(last)
+            vectors[torch.tensor(order)] = last
+            for token, vector in zip(sentence, vectors):
+                token.set_embedding(self.name, vector)
+
+    CharacterEmbeddings._add_embeddings_internal = add_embeddings
+
+
+def flair_device():
+    import flair
+
+    return flair.device
+
+
 def train(args: argparse.Namespace) -> dict:
     import flair
     import torch
@@ -134,6 +171,8 @@ def train(args: argparse.Namespace) -> dict:
                     raise TrainingInterrupt(f"wall-time budget: stopping before epoch {epoch}")
             self.last = now
 
+    if args.fix_char_embeddings:
+        fix_character_embeddings(CharacterEmbeddings, torch)
     torch.set_num_threads(args.threads)
     flair.set_seed(args.seed)
     label_type = TASKS[args.task][4]
@@ -167,6 +206,9 @@ def train(args: argparse.Namespace) -> dict:
         plugins=[budget],
         save_final_model=False,
         create_file_logs=False,
+        # flair's default "cpu" keeps the dev split's first-epoch char and word vectors: embed() skips tokens that
+        # already hold a vector, so later dev scores (and the epoch choice) mix stale and current weights
+        embeddings_storage_mode=args.embeddings_storage_mode,
     )
     train_test_s = time.perf_counter() - start
 
@@ -200,6 +242,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--minutes", type=float, default=10.0, help="wall-time budget for training (dev eval included)"
     )
     parser.add_argument("--embeddings", choices=("char+word", "char"), default="char+word")
+    parser.add_argument(
+        "--fix_char_embeddings", action="store_true", help="patch flair 0.15.1's word-order bug in CharacterEmbeddings"
+    )
+    parser.add_argument(
+        "--embeddings_storage_mode", choices=("none", "cpu"), default="none", help="flair's default is cpu (stale dev)"
+    )
     parser.add_argument("--word_dim", type=int, default=100, help="size of the from-scratch word embedding")
     parser.add_argument("--min_freq", type=int, default=2, help="training-split count for a word to get a vector")
     parser.add_argument("--hidden_size", type=int, default=256, help="BiLSTM hidden size per direction")
@@ -214,7 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON list to append the run's row to")
     args = parser.parse_args(argv)
-    args.work = args.work or Path("runs") / "peer_flair" / f"{args.task}-{args.embeddings}-{args.minutes:g}min"
+    fixed = "-fixed" if args.fix_char_embeddings else ""
+    args.work = args.work or Path("runs") / "peer_flair" / f"{args.task}-{args.embeddings}-{args.minutes:g}min{fixed}"
     return args
 
 
@@ -229,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
         "test": round(100 * run["test_scores"][key], 2),
         "dev": round(100 * run["dev_scores"][key], 2),
         "embeddings": args.embeddings,
+        "fix_char_embeddings": args.fix_char_embeddings,
+        "embeddings_storage_mode": args.embeddings_storage_mode,
         "budget_minutes": args.minutes,
         "wall_minutes": round((time.perf_counter() - start) / 60, 2),
         "threads": args.threads,
