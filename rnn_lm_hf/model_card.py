@@ -232,6 +232,10 @@ def _card_context(
         *(["schuster1997"] if bidirectional else []),
         *(["zaremba2014"] if dropout > 0 else []),
         *(["press2017", "inan2017"] if tied and run["task"] == "causal-lm" else []),
+        *(["peters2018"] if config.separate_directions or config.layer_mix else []),
+        *(["kim2016"] if config.char_cnn_filters else []),
+        *(["akbik2018"] if config.word_separator_id is not None else []),
+        *(["lample2016"] if config.use_crf and run["task"] == "token-classification" else []),
     ]
     labels = config.id2label or {}
     return {
@@ -359,6 +363,34 @@ CITATIONS = {
   booktitle = {Proceedings of EACL},
   pages     = {157--163},
   year      = {2017}
+}""",
+    "peters2018": """@inproceedings{peters2018deep,
+  title     = {Deep Contextualized Word Representations},
+  author    = {Peters, Matthew E. and Neumann, Mark and Iyyer, Mohit and Gardner, Matt and Clark, Christopher and Lee, Kenton and Zettlemoyer, Luke},
+  booktitle = {Proceedings of NAACL-HLT},
+  pages     = {2227--2237},
+  year      = {2018}
+}""",
+    "kim2016": """@inproceedings{kim2016character,
+  title     = {Character-Aware Neural Language Models},
+  author    = {Kim, Yoon and Jernite, Yacine and Sontag, David and Rush, Alexander M.},
+  booktitle = {Proceedings of AAAI},
+  pages     = {2741--2749},
+  year      = {2016}
+}""",
+    "akbik2018": """@inproceedings{akbik2018contextual,
+  title     = {Contextual String Embeddings for Sequence Labeling},
+  author    = {Akbik, Alan and Blythe, Duncan and Vollgraf, Roland},
+  booktitle = {Proceedings of COLING},
+  pages     = {1638--1649},
+  year      = {2018}
+}""",
+    "lample2016": """@inproceedings{lample2016neural,
+  title     = {Neural Architectures for Named Entity Recognition},
+  author    = {Lample, Guillaume and Ballesteros, Miguel and Subramanian, Sandeep and Kawakami, Kazuya and Dyer, Chris},
+  booktitle = {Proceedings of NAACL-HLT},
+  pages     = {260--270},
+  year      = {2016}
 }""",
     "inan2017": """@inproceedings{inan2017tying,
   title     = {Tying Word Vectors and Word Classifiers: A Loss Framework for Language Modeling},

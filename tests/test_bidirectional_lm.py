@@ -149,6 +149,7 @@ def test_training_script_reports_a_perplexity_per_direction(tmp_path, corpus):
     for direction in ("", "backward_"):
         assert 1 < metrics[f"eval_{direction}perplexity"] < 1000
     assert json.loads((tmp_path / "run" / "config.json").read_text())["separate_directions"] is True
+    assert "peters2018deep" in (tmp_path / "run" / "README.md").read_text()  # the card cites ELMo's biLM
     assert train_clm.cli(tiny_run_args(corpus, tmp_path / "stateful", "--config_overrides", overrides)) == 2
 
 

@@ -169,3 +169,4 @@ def test_training_script_with_a_crf(tmp_path):
     assert metrics["test_f1"] > 0.5
     tagger = pipeline("token-classification", model=str(tmp_path))
     assert tagger.model.crf is not None and tagger.model.config.crf_scheme == "IOB2"
+    assert "lample2016neural" in (tmp_path / "README.md").read_text()  # the model card cites the BiLSTM-CRF
