@@ -47,37 +47,41 @@ TASKS = {
 }
 
 
-def read_conllu_upos(path: Path) -> list[list[tuple[str, str]]]:
-    """(form, UPOS) per syntactic word; comments, multiword-token lines (`3-4`) and empty nodes (`8.1`) skipped."""
+def read_sentences(path: Path, row) -> list[list[tuple[str, str]]]:
+    """Blank-line separated sentences of `row(line)` pairs; lines for which `row` returns None are skipped."""
     sentences, current = [], []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             if current:
                 sentences.append(current)
             current = []
-        elif not line.startswith("#"):
-            cols = line.split("\t")
-            if "-" not in cols[0] and "." not in cols[0]:
-                current.append((cols[1], cols[3]))
+        elif (pair := row(line)) is not None:
+            current.append(pair)
     if current:
         sentences.append(current)
     return sentences
+
+
+def read_conllu_upos(path: Path) -> list[list[tuple[str, str]]]:
+    """(form, UPOS) per syntactic word; comments, multiword-token lines (`3-4`) and empty nodes (`8.1`) skipped."""
+
+    def row(line: str) -> tuple[str, str] | None:
+        cols = line.split("\t")
+        if line.startswith("#") or "-" in cols[0] or "." in cols[0]:
+            return None
+        return cols[1], cols[3]
+
+    return read_sentences(path, row)
 
 
 def read_wnut(path: Path) -> list[list[tuple[str, str]]]:
     """(token, IOB2 tag) per line `token<TAB>tag`; a blank line ends a post."""
-    sentences, current = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            if current:
-                sentences.append(current)
-            current = []
-        else:
-            token, tag = line.split("\t")
-            current.append((token, tag.strip()))
-    if current:
-        sentences.append(current)
-    return sentences
+
+    def row(line: str) -> tuple[str, str]:
+        token, tag = line.split("\t")
+        return token, tag.strip()
+
+    return read_sentences(path, row)
 
 
 def write_columns(sentences: list[list[tuple[str, str]]], path: Path) -> None:
