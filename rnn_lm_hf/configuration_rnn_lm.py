@@ -105,8 +105,8 @@ class RNNLMConfig(PretrainedConfig):
             Label each word at its last character. `None`: each position's own states.
         use_crf (`bool`, *optional*, defaults to `False`):
             Token classification: a linear-chain CRF over the tags (Lample et al. 2016). Training maximises the
-            likelihood of the whole tag sequence; `logits` are then max-marginals, whose argmax is the Viterbi path,
-            so the token-classification pipeline returns Viterbi tags.
+            likelihood of the whole tag sequence; in eval mode `logits` are then max-marginals, whose argmax is the
+            Viterbi path, so the token-classification pipeline returns Viterbi tags.
         crf_scheme (`str`, *optional*):
             With `use_crf`: forbid the moves the tag scheme does not allow, one of `"IOB1"`, `"IOB2"`, `"BIOES"`
             (e.g. `O` -> `I-PER` in IOB2). `None`: every move allowed, the CRF learns the transitions alone.

@@ -152,7 +152,7 @@ class PaddingPacker:
     """
 
     def __init__(self, attention_mask: torch.Tensor):
-        mask = attention_mask.bool()  # (batch, seq_len)
+        self.mask = mask = attention_mask.bool()  # (batch, seq_len)
         self.seq_len = mask.shape[1]
         self.lengths = mask.sum(dim=1)  # (batch,)
         self.empty = self.lengths == 0  # rows with no real token keep their state untouched
@@ -171,6 +171,14 @@ class PaddingPacker:
         x, _ = pad_packed_sequence(packed, batch_first=True, total_length=self.seq_len)  # (batch, seq_len, dim)
         x = x.masked_fill(self.empty[:, None, None], 0.0)
         return torch.zeros_like(x).scatter(1, self.order.unsqueeze(-1).expand_as(x), x)
+
+    def reversal_index(self) -> torch.Tensor:
+        """(batch, seq_len) positions that read every row's real tokens in reverse order, padding left in place:
+        `x.gather(1, index)` reverses the rows (the backward LM's input), and doing it again restores them."""
+        rank = self.mask.long().cumsum(1) - 1  # each real position's rank among its row's real positions
+        mirrored = (self.lengths.unsqueeze(1) - 1 - rank).clamp(min=0)
+        positions = torch.arange(self.seq_len, device=self.mask.device).expand_as(self.mask)
+        return torch.where(self.mask, self.order.gather(1, mirrored), positions)
 
     def final_state(self, new: torch.Tensor, old: torch.Tensor | None) -> torch.Tensor:
         old = torch.zeros_like(new) if old is None else old
@@ -212,20 +220,6 @@ def check_labels(labels: torch.Tensor, shape: torch.Size, name: str = "labels", 
             f"`{name}` holds class id {bad}, outside [0, num_labels={num_classes}): build the model with "
             "num_labels covering every class (and id2label/label2id), or map the labels first; -100 is ignored."
         )
-
-
-def reversal_index(attention_mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """(batch, seq_len) positions that read every row's real tokens in reverse order, padding left in place:
-    `x.gather(1, index)` reverses the rows, and doing it again restores them (left, right or no padding)."""
-    batch, seq_len = x.shape[:2]
-    positions = torch.arange(seq_len, device=x.device).expand(batch, seq_len)
-    if attention_mask is None:
-        return positions.flip(1)
-    mask = attention_mask[:, -seq_len:].bool()
-    real_first = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # real positions, in order, first
-    rank = mask.long().cumsum(1) - 1  # the rank of each real position among its row's real positions
-    mirrored = (mask.sum(1, keepdim=True) - 1 - rank).clamp(min=0)
-    return torch.where(mask, real_first.gather(1, mirrored), positions)
 
 
 class RNNLMTokenSpelling(nn.Module):
@@ -499,6 +493,10 @@ class RNNLMModel(RNNLMPreTrainedModel):
         output = RNNLMModelOutput(last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None})
         return output if return_dict else output.to_tuple()
 
+    def drop_inputs(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """The dropouts on what the first layer reads: plain, then locked (one mask per sequence)."""
+        return locked_dropout(self.dropout(inputs_embeds), self.config.dropout_input, self.training)
+
     def run_stack(self, layers: nn.ModuleList, hidden_states: torch.Tensor, cache, packer, output_hidden_states):
         """One direction's layers over (batch, seq_len, input_size) inputs: the last layer's output after its dropout
         (batch, seq_len, size), every layer's output before it (when asked) and every layer's final state."""
@@ -524,23 +522,20 @@ class RNNLMModel(RNNLMPreTrainedModel):
         return hidden_states, layer_outputs, final_states
 
     def add_backward_direction(
-        self,
-        inputs_embeds,
-        attention_mask,
-        packer,
-        output_hidden_states,
-        forward_last,
-        forward_outputs,
-        forward_states,
+        self, inputs_embeds, packer, output_hidden_states, forward_last, forward_outputs, forward_states
     ):
         """Run the backward stack over every row reversed (padding stays in place) and concatenate each of its
         outputs, turned back, after the forward one's, as a joint bidirectional layer lays them out."""
-        reverse = reversal_index(attention_mask, inputs_embeds)  # reversing twice restores the order
+        if packer is not None:
+            reverse = packer.reversal_index()  # reversing twice restores the order
+        else:
+            batch, seq_len = inputs_embeds.shape[:2]
+            reverse = torch.arange(seq_len, device=inputs_embeds.device).flip(0).expand(batch, seq_len)
 
         def turn(x: torch.Tensor) -> torch.Tensor:
             return x.gather(1, reverse.unsqueeze(-1).expand_as(x))
 
-        hidden_states = locked_dropout(self.dropout(turn(inputs_embeds)), self.config.dropout_input, self.training)
+        hidden_states = self.drop_inputs(turn(inputs_embeds))
         last, outputs, states = self.run_stack(self.reverse_layers, hidden_states, None, packer, output_hidden_states)
         # States: (h_fwd, h_bwd, c_fwd, c_bwd) along dim 1, torch's layout for a bidirectional layer.
         return (
@@ -615,14 +610,12 @@ class RNNLMModel(RNNLMPreTrainedModel):
         if attention_mask is not None and not bool(attention_mask.all()):
             packer = PaddingPacker(attention_mask)
 
-        hidden_states = self.dropout(inputs_embeds)
-        hidden_states = locked_dropout(hidden_states, self.config.dropout_input, self.training)
         hidden_states, layer_outputs, final_states = self.run_stack(
-            self.layers, hidden_states, cache, packer, output_hidden_states
+            self.layers, self.drop_inputs(inputs_embeds), cache, packer, output_hidden_states
         )
         if self.reverse_layers is not None:
             hidden_states, layer_outputs, final_states = self.add_backward_direction(
-                inputs_embeds, attention_mask, packer, output_hidden_states, hidden_states, layer_outputs, final_states
+                inputs_embeds, packer, output_hidden_states, hidden_states, layer_outputs, final_states
             )
         all_hidden_states = (inputs_embeds, *layer_outputs) if output_hidden_states else None
         if start:  # outputs only for the caller's positions
@@ -741,7 +734,8 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
 
     @staticmethod
     def backward_targets(input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Stream batches carry only `shift_labels` (the next tokens): the backward LM's targets are the inputs."""
+        """The backward LM's targets when no `labels` are given (stream batches carry only `shift_labels`, the next
+        tokens; the trainer's evaluation): the inputs, padding ignored."""
         if input_ids is None:
             raise ValueError(
                 "A bidirectional LM trained from `inputs_embeds` needs `labels` for its backward direction."
@@ -956,7 +950,8 @@ def word_start_index(
 
 class RNNLMForTokenClassification(RNNLMPreTrainedModel):
     """A tag per token (POS, NER) from the recurrent states; bidirectional encoders see both contexts. With
-    `use_crf`, a CRF scores whole tag sequences and `logits` are its max-marginals (argmax: the Viterbi tags)."""
+    `use_crf`, a CRF scores whole tag sequences, and in eval mode `logits` are its max-marginals (argmax: the Viterbi
+    tags); in training mode they are the per-token emission scores the CRF reads."""
 
     def __init__(self, config: RNNLMConfig):
         super().__init__(config)
@@ -1013,8 +1008,9 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
             mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits[..., 0], dtype=bool)
             if labels is not None:  # the negative log-likelihood of the tag sequences, averaged over sequences
                 loss = -self.crf.log_likelihood(logits, labels, mask).mean()
-            with torch.no_grad():
-                logits = self.crf.max_marginals(logits, mask)
+            if not self.training:  # decoding; a training step needs only the likelihood
+                with torch.no_grad():
+                    logits = self.crf.max_marginals(logits, mask)
         elif labels is not None:
             loss = self.loss_function(logits, labels, self.config, **kwargs)
         hidden_states = outputs.hidden_states if output_hidden_states else None

@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import StreamSegments
 from .metrics import metric_path
-from .modeling_rnn_lm import CACHE_FIELD, IGNORE_INDEX, RNNLMCache
+from .modeling_rnn_lm import CACHE_FIELD, IGNORE_INDEX, RNNLMCache, RNNLMForCausalLM
 from .nt_asgd import NTASGDCallback
 
 
@@ -338,8 +338,7 @@ class RNNLMTrainer(Trainer):
                 carried.cache = getattr(outputs, CACHE_FIELD)
                 scored = [("", outputs.logits, targets)]
                 if getattr(outputs, "logits_backward", None) is not None:  # a bidirectional LM: the previous tokens
-                    ids, mask = inputs["input_ids"], inputs.get("attention_mask")
-                    previous = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
+                    previous = RNNLMForCausalLM.backward_targets(inputs["input_ids"], inputs.get("attention_mask"))
                     scored.append(("backward_", outputs.logits_backward[:, 1:], previous[:, :-1]))
                 for direction, logits, wanted in scored:
                     nll = torch.nn.functional.cross_entropy(

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
-from rnn_lm_hf.modeling_rnn_lm import RNNLMModel, reversal_index
+from rnn_lm_hf.modeling_rnn_lm import PaddingPacker, RNNLMModel
 from rnn_lm_hf.training import train_clm
 from tests import test_train_clm
 from tests.test_train_clm import tiny_run_args
@@ -78,7 +78,7 @@ def test_a_joint_bidirectional_stack_would_leak():
 def test_reversal_index_reverses_real_tokens_in_place(padding):
     mask = PADDINGS[padding]
     x = torch.arange(16).view(2, 8)
-    index = reversal_index(mask, x.unsqueeze(-1))
+    index = PaddingPacker(mask).reversal_index()
     reversed_ = x.gather(1, index)
     for row in range(2):
         real = mask[row].bool()

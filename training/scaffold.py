@@ -96,12 +96,12 @@ class RunArguments:
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"--max_train_minutes must be > 0, got {self.max_train_minutes}.")
 
-    def callbacks(self, output_dir: str) -> list:
-        """Gradient health (first: its count reaches the CSV log), the CSV log, and the optional stops."""
-        callbacks = [
-            GradientHealthCallback(self.on_nonfinite),
-            CSVLogCallback(Path(output_dir) / "training_log.csv"),
-        ]
+    def callbacks(self, csv_log: str | Path | None = None) -> list:
+        """Gradient health (first: its count reaches the CSV log), the CSV log when asked (`csv_log`, the path of
+        `rnn-lm plot`'s training_log.csv), and the optional stops."""
+        callbacks = [GradientHealthCallback(self.on_nonfinite)]
+        if csv_log is not None:
+            callbacks.append(CSVLogCallback(csv_log))
         if self.early_stopping_patience is not None:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=self.early_stopping_patience))
         if self.max_train_minutes is not None:

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=splits.get("validation"),
         data_collator=default_data_collator,
         processing_class=tokenizer,
-        callbacks=run_args.callbacks(training_args.output_dir),
+        callbacks=run_args.callbacks(Path(training_args.output_dir) / "training_log.csv"),
     )
 
     metrics: dict[str, float] = {}

@@ -163,7 +163,7 @@ def train_and_evaluate(
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=make_compute_metrics(len(label_names)),
         transfer_args=transfer_args,
-        callbacks=run_args.callbacks(training_args.output_dir),
+        callbacks=run_args.callbacks(),
     )
     metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))
     if output is not None and trainer.is_world_process_zero():

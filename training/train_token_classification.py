@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # Keep argmax ids, not (batch, seq_len, num_labels) logits, across the eval loop.
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
         transfer_args=transfer_args,
-        callbacks=run_args.callbacks(training_args.output_dir),
+        callbacks=run_args.callbacks(),
     )
 
     metrics, output = train_evaluate_predict(trainer, training_args, encoded.get("test"))
