@@ -213,7 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     deadline = time.monotonic() + 60 * (args.deadline_minutes or 1e9)
 
     results_path = ROOT / (args.results or f"bench/results/downstream_{args.device}.json")
-    rows = json.loads(results_path.read_text()) if results_path.is_file() else []
     runs = [(name, init) for name in args.only for init in inits]
     failed = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -225,9 +224,12 @@ def main(argv: list[str] | None = None) -> None:
                 failed.append(f"{name} ({init})")
                 continue
             key = (name, init, args.variant)
+            # Read again before each merge: another downstream.py may have added its rows to the same file.
+            rows = json.loads(results_path.read_text()) if results_path.is_file() else []
             rows = [r for r in rows if (r["benchmark"], r["init"], r.get("variant", "")) != key] + [row]
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(rows, indent=2) + "\n")  # after every run: a crash keeps the rest
+    rows = json.loads(results_path.read_text()) if results_path.is_file() else []
     print("\n" + markdown_table(rows))
     if failed:
         raise SystemExit(f"not finished: {', '.join(failed)} (see their logs in {args.runs_dir})")

@@ -327,6 +327,10 @@ class RNNLMPreTrainedModel(PreTrainedModel):
         if isinstance(module, RNNLMCRF):  # no preference among tags or moves until trained
             for param in module.parameters():
                 init.zeros_(param)
+            for buffer, penalty in zip(
+                (module.start_penalty, module.transition_penalty, module.end_penalty), module.penalties()
+            ):
+                init.copy_(buffer, penalty)
         elif isinstance(module, RNNLMLayerMix):  # the plain average of the layers
             init.zeros_(module.layer_weights)
             init.ones_(module.gamma)
@@ -884,10 +888,18 @@ class RNNLMCRF(nn.Module):
         self.start_scores = nn.Parameter(torch.zeros(size))
         self.transition_scores = nn.Parameter(torch.zeros(size, size))  # [from, to]
         self.end_scores = nn.Parameter(torch.zeros(size))
-        labels = [config.id2label[i] for i in range(size)]
-        for name, allowed in zip(("start", "transition", "end"), allowed_tag_moves(labels, config.crf_scheme)):
+        self.labels, self.scheme = [config.id2label[i] for i in range(size)], config.crf_scheme
+        for name, penalty in zip(("start", "transition", "end"), self.penalties()):
             # Derived from the config (labels and scheme), so never saved.
-            self.register_buffer(f"{name}_penalty", torch.where(allowed, 0.0, FORBIDDEN_MOVE), persistent=False)
+            self.register_buffer(f"{name}_penalty", penalty, persistent=False)
+
+    def penalties(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The start, transition and end penalties of `crf_scheme`: 0 where a move is allowed, else FORBIDDEN_MOVE.
+        `_init_weights` writes them again: from_pretrained builds the module on the meta device, which leaves
+        unsaved buffers uninitialised."""
+        return tuple(
+            torch.where(allowed, 0.0, FORBIDDEN_MOVE) for allowed in allowed_tag_moves(self.labels, self.scheme)
+        )
 
     def scores(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(start (L,), transitions (L, L), end (L,)), forbidden moves included at FORBIDDEN_MOVE."""

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import pipeline
 
-from rnn_lm_hf import RNNLMConfig, RNNLMForTokenClassification
+from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForTokenClassification
 from rnn_lm_hf.modeling_rnn_lm import RNNLMCRF, allowed_tag_moves
 from rnn_lm_hf.tokenization import word_tokenizer_from_vocab
 from rnn_lm_hf.training import train_token_classification as script
@@ -150,11 +150,34 @@ def test_loss_is_the_mean_negative_log_likelihood_and_training_lowers_it():
 
 
 def test_saved_crf_loads_exactly(tmp_path):
-    model, _ = tiny_tagger()
+    model, _ = tiny_tagger(labels=("O", "B-X", "I-X"))
+    model.config.crf_scheme = "IOB2"
     model.save_pretrained(tmp_path)
     loaded = RNNLMForTokenClassification.from_pretrained(tmp_path)
     for name, param in model.crf.named_parameters():
         torch.testing.assert_close(getattr(loaded.crf, name), param)
+    assert_scheme_penalties(loaded.crf, model.config)
+
+
+def assert_scheme_penalties(crf: RNNLMCRF, config: RNNLMConfig) -> None:
+    """The penalties are derived, never saved: from_pretrained (which builds on the meta device) must write them."""
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    allowed = allowed_tag_moves(labels, config.crf_scheme)
+    for penalty, ok in zip((crf.start_penalty, crf.transition_penalty, crf.end_penalty), allowed):
+        assert torch.equal(penalty, torch.where(ok, 0.0, -1e4))
+
+
+def test_a_language_model_loads_into_a_crf_tagger_with_its_scheme(tmp_path):
+    lm_config = RNNLMConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1)
+    RNNLMForCausalLM(lm_config).save_pretrained(tmp_path)
+    config = RNNLMConfig.from_pretrained(
+        tmp_path, id2label=dict(enumerate(SCHEMES["IOB2"])), use_crf=True, crf_scheme="IOB2"
+    )
+    tagger = RNNLMForTokenClassification.from_pretrained(tmp_path, config=config)
+    assert_scheme_penalties(tagger.crf, config)
+    tagger.train()
+    loss = tagger(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 0]])).loss
+    assert loss.isfinite() and loss > 0  # zero only if the gold path were the only one
 
 
 def test_training_script_with_a_crf(tmp_path):
