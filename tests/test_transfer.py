@@ -71,6 +71,21 @@ def test_build_model_from_lm_keeps_architecture(lm_folder, head):
         build_model(head, args, tokenizer, id2label)
 
 
+@pytest.mark.parametrize("head", list(HEADS), ids=lambda head: head.__name__)
+def test_only_the_new_output_layer_starts_at_zero(lm_folder, head):
+    """A layer mix at zero with a zero output layer would get no gradient, and neither would the head."""
+    tokenizer = word_tokenizer_from_vocab(fixture_words())
+    args = ModelArguments(model_name_or_path=str(lm_folder), config_overrides="layer_mix=true")
+    model = build_model(head, args, tokenizer, {0: "neg", 1: "pos"})
+    assert not getattr(model, HEADS[head]).weight.any()
+    assert model.layer_mix.gamma.item() == 1.0 and not model.layer_mix.layer_weights.any()  # the plain average
+    input_ids = torch.tensor([[1, 2, 3, 4]])
+    labels = torch.tensor([[0, 1, 0, 1]]) if head is RNNLMForTokenClassification else torch.tensor([1])
+    model.train()
+    model(input_ids, labels=labels).loss.backward()
+    assert getattr(model, HEADS[head]).weight.grad.any()
+
+
 def test_apply_config_overrides_sets_none_fields_and_validates():
     config = RNNLMConfig()
     config.update_from_string("embedding_size=8,classifier_dropout=0.25,bidirectional=true,cell_type=gru")

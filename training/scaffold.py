@@ -233,7 +233,8 @@ class ModelArguments:
     zero_init_head: bool = field(
         default=True,
         metadata={
-            "help": "With --model_name_or_path: start the weights the checkpoint lacks (the new head) at zero, as BiT "
+            "help": "With --model_name_or_path: start the new output layer (the head's linear layer, which the "
+            "checkpoint lacks) at zero, as BiT "
             "does (Kolesnikov et al. 2020): predictions start uniform, and the large random gradients of a random head "
             "do not disturb the pretrained encoder in the first steps."
         },
@@ -318,9 +319,13 @@ def build_model(
         path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, output_loading_info=True
     )
     if model_args.zero_init_head:
+        # The new output layer only: a layer mix or CRF keeps its own initialisation (a zero mix scale with a zero
+        # output layer would get no gradient at all).
         parameters = dict(model.named_parameters())
+        outputs = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
         for name in info["missing_keys"]:
-            nn.init.zeros_(parameters[name])
+            if name.rpartition(".")[0] in outputs:
+                nn.init.zeros_(parameters[name])
     # transformers already warns "newly initialized"; this one line says what was transferred.
     loaded = sum(1 for name, _ in model.named_parameters() if name not in info["missing_keys"])
     logger.info(
