@@ -19,9 +19,9 @@ sub-token; classifiers use ULMFiT's concat pooling), so they differ only in the 
     python bench/downstream.py --only wnut17 ud_ewt_upos --overrides use_crf=true --variant crf   # a CRF on top
     python bench/downstream.py --pretrained_lm runs/bilm_wikitext2 --variant bilm --init scratch-lm pretrained
 
-`--overrides` adds config fields to every run (a CRF, ELMo's layer mix); `--variant` names such rows (and an LM
-other than the default one), so they sit beside the plain ones. Results are merged into --results (one row per
-benchmark, initialisation and variant) and printed as a markdown table.
+`--overrides` adds config fields to every run (ELMo's layer mix), `--tagger_overrides` to the two taggers only (a
+CRF); `--variant` names such rows (and an LM other than the default one), so they sit beside the plain ones. Results
+are merged into --results (one row per benchmark, initialisation and variant) and printed as a markdown table.
 """
 
 import argparse
@@ -98,16 +98,17 @@ def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
     if args.device == "cuda":
         command += ["--use_cpu", "false"]
     overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
+    added = ",".join(filter(None, (args.overrides, args.tagger_overrides if "token" in spec["script"] else "")))
     if init == "scratch":
-        if args.overrides:
-            command += ["--config_overrides", ",".join(filter(None, (overrides, args.overrides)))]
+        if added:
+            command += ["--config_overrides", ",".join(filter(None, (overrides, added)))]
         return command + args.extra
     # The LM fixes architecture, tokenizer and dropout (its features were learnt with it); keep the config's other
     # overrides (pooling, ...) and add lm_overrides. scratch-lm gets exactly the same, only its weights are random.
     fixed = (*RNNLMConfig.architecture_fields, "dropout")
     kept = {key: value for key, value in RNNLMConfig.parse_overrides(overrides).items() if key not in fixed}
     kept.update(RNNLMConfig.parse_overrides(spec.get("lm_overrides")))
-    kept.update(RNNLMConfig.parse_overrides(args.overrides))
+    kept.update(RNNLMConfig.parse_overrides(added))
     lm = args.pretrained_lm
     # Always passed, even empty: it replaces the config file's overrides, which set the BiLSTM's architecture.
     command += ["--config_overrides", ",".join(f"{key}={value}" for key, value in kept.items()), *spec["lm_flags"]]
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pretrained_lm", help="Causal-LM folder (train_clm.py on WikiText-2) for the LM-based inits."
     )
-    parser.add_argument("--overrides", default="", help="Config fields added to every run, e.g. use_crf=true.")
+    parser.add_argument("--overrides", default="", help="Config fields added to every run, e.g. layer_mix=true.")
+    parser.add_argument(
+        "--tagger_overrides", default="", help="Config fields added to the taggers' runs: use_crf=true."
+    )
     parser.add_argument("--variant", default="", help="Name of these rows (an LM, overrides), kept apart from others.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (on cuda they share the one GPU).")

@@ -37,6 +37,7 @@ def namespace(**overrides):
             "pretrained_lm": "lm",
             "extra": [],
             "overrides": "",
+            "tagger_overrides": "",
             "variant": "",
             **overrides,
         }
@@ -61,6 +62,16 @@ def test_each_init_changes_only_the_initialisation(downstream):
     assert tagger[tagger.index("--config_overrides") + 1] == ""  # replaces the file's BiLSTM architecture
     assert tagger[tagger.index("--label_sub_token") + 1] == "last"
     assert tagger[tagger.index("--use_cpu") + 1] == "false"
+
+
+def test_tagger_overrides_reach_only_the_taggers(downstream):
+    args = namespace(overrides="layer_mix=true", tagger_overrides="use_crf=true")
+    for init in ("scratch", "pretrained"):
+        tagger, classifier = (downstream.command_for(name, init, args) for name in ("ud_ewt_upos", "sst2"))
+        tagger_overrides = tagger[tagger.index("--config_overrides") + 1].split(",")
+        classifier_overrides = classifier[classifier.index("--config_overrides") + 1].split(",")
+        assert {"layer_mix=true", "use_crf=true"} <= set(tagger_overrides)
+        assert "layer_mix=true" in classifier_overrides and "use_crf=true" not in classifier_overrides
 
 
 def test_rows_merge_and_a_run_past_the_deadline_is_not_a_result(downstream, tmp_path, monkeypatch, capsys):
