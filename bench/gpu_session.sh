@@ -15,8 +15,9 @@
 #   2. the WikiText-2 transfer LM ($LM_CONFIG), packed into $OUT/lm.tar so the fine-tuning can go on elsewhere;
 #   3. the LM-based downstream rows (bench/downstream.py --init scratch-lm pretrained), $JOBS runs sharing the GPU;
 #      runs still going at the deadline are stopped and reported as unfinished, never as results.
-# Issue 13's bidirectional LM: LM_CONFIG=training/configs/wikitext2_bilm_gpu.json VARIANT=bilm, and OVERRIDES (e.g.
-# layer_mix=true) for every downstream run; SMOKE_LM_OVERRIDES replaces the dry run's tiny LM architecture.
+# Issue 13's bidirectional LM: LM_CONFIG=training/configs/wikitext2_bilm_gpu.json VARIANT=bilm, OVERRIDES (e.g.
+# layer_mix=true) for every downstream run and TAGGER_OVERRIDES (use_crf=true) for the taggers'; SMOKE_LM_OVERRIDES
+# replaces the dry run's tiny LM architecture.
 # A bare machine gets the data and the missing wheels from .gpu/ (bench/gpu_bundle.sh); results land in $OUT.
 set -u
 OUT=${OUT:-runs/gpu_session}
@@ -26,6 +27,7 @@ JOBS=${JOBS:-4}
 LM_CONFIG=${LM_CONFIG:-training/configs/wikitext2_lm_transfer.json}
 VARIANT=${VARIANT:-}
 OVERRIDES=${OVERRIDES:-}
+TAGGER_OVERRIDES=${TAGGER_OVERRIDES:-}
 SMOKE_LM_OVERRIDES=${SMOKE_LM_OVERRIDES:-cell_type=lstm,embedding_size=16,hidden_size=24,num_hidden_layers=2,dropout=0.3}
 PY=${PYTHON:-python3}
 START=$(date +%s)
@@ -56,7 +58,7 @@ nvidia-smi > $LOGS/nvidia-smi.txt 2>&1
 
 if [ "$SMOKE" = 1 ]; then
   DEVICE=cpu
-  LM_FLAGS=(--use_cpu true --max_steps 4 --tokenizer_vocab_size 300 --num_samples 1
+  LM_FLAGS=(--use_cpu true --tf32 false --max_steps 4 --tokenizer_vocab_size 300 --num_samples 1
             --config_overrides "$SMOKE_LM_OVERRIDES")
   RUN_FLAGS=(-- --max_steps 2)
   SPEED_FLAGS=(--device cpu --sizes tiny)
@@ -112,7 +114,7 @@ if [ -f $LM/model.safetensors ]; then
   log "stage 3: downstream rows ($(left) s left)"
   $PY bench/downstream.py --device $DEVICE --jobs "$JOBS" --pretrained_lm $LM --init scratch-lm pretrained \
     --only ud_ewt_upos wnut17 sst2 rt_polarity --deadline_minutes "$(minutes_left_but 20)" \
-    --variant "$VARIANT" --overrides "$OVERRIDES" \
+    --variant "$VARIANT" --overrides "$OVERRIDES" --tagger_overrides "$TAGGER_OVERRIDES" \
     --results "$OUT/downstream.json" --runs_dir runs/gpu_downstream "${RUN_FLAGS[@]}" > $LOGS/downstream.log 2>&1
   log "downstream exit $?"
 fi
