@@ -245,12 +245,7 @@ class RNNLMConfig(PretrainedConfig):
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
         for name in ("char_cnn_filters", "char_vocab_size"):
-            if (
-                isinstance(getattr(self, name), bool)
-                or not isinstance(getattr(self, name), int)
-                or getattr(self, name) < 0
-            ):
-                raise ValueError(f"`{name}` must be an int >= 0, got {getattr(self, name)!r}.")
+            _check_positive_int(name, getattr(self, name), minimum=0)
         if self.char_cnn_filters:
             _check_positive_int("char_embedding_size", self.char_embedding_size)
             _check_positive_int("max_token_chars", self.max_token_chars)
@@ -430,9 +425,10 @@ def _parse_scalar(value: str) -> int | float | str | None:
     return value
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+def _check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
 
 
 def _check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
