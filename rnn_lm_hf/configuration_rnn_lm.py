@@ -94,10 +94,16 @@ class RNNLMConfig(PretrainedConfig):
             Tagging and classification heads read a learned mix of every layer's output instead of the last layer's
             (ELMo's scalar mix: `gamma * sum_l softmax(w)_l h_l`), so a pretrained encoder's lower, more syntactic
             layers can serve the task. Needs every layer to have the same size.
+        head_rnn_size (`int`, *optional*, defaults to 0):
+            ELMo's and Flair's task model (Peters et al. 2018, Akbik et al. 2018): a one-layer BiLSTM of this width per
+            direction between the encoder and the tagging/classification output layer. It reads the encoder's
+            features (the layer mix, Flair's word features) and is trained for the task, so a frozen pretrained
+            encoder (`--freeze_encoder`) still gets a task-specific contextual layer. 0: none, the output layer reads
+            the encoder's features.
         classifier_pooling (`str`, *optional*, defaults to `"last"`):
             How the sequence head summarises a sentence: `"last"` (state at the last real token; with
             `bidirectional`, concatenated with the backward state at the first real token), `"mean"` or `"max"` over
-            the real tokens, or `"concat"`: last ‖ max ‖ mean, 3x `output_size` features (ULMFiT, Howard & Ruder 2018).
+            the real tokens, or `"concat"`: last ‖ max ‖ mean, 3x `head_feature_size` features (ULMFiT, Howard & Ruder 2018).
         word_separator_id (`int`, *optional*):
             Flair's contextual string embeddings (Akbik et al. 2018) for a bidirectional, character-level tagger:
             the token head reads, at each character, the forward state there and the backward state at the first
@@ -181,6 +187,7 @@ class RNNLMConfig(PretrainedConfig):
         max_token_chars: int = 16,
         char_vocab_size: int = 0,
         layer_mix: bool = False,
+        head_rnn_size: int = 0,
         word_separator_id: int | None = None,
         use_crf: bool = False,
         crf_scheme: str | None = None,
@@ -217,6 +224,7 @@ class RNNLMConfig(PretrainedConfig):
         self.max_token_chars = max_token_chars
         self.char_vocab_size = char_vocab_size
         self.layer_mix = layer_mix
+        self.head_rnn_size = head_rnn_size
         self.word_separator_id = word_separator_id
         self.use_crf = use_crf
         self.crf_scheme = crf_scheme
@@ -244,7 +252,7 @@ class RNNLMConfig(PretrainedConfig):
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
-        for name in ("char_cnn_filters", "char_vocab_size"):
+        for name in ("char_cnn_filters", "char_vocab_size", "head_rnn_size"):
             _check_positive_int(name, getattr(self, name), minimum=0)
         if self.char_cnn_filters:
             _check_positive_int("char_embedding_size", self.char_embedding_size)
@@ -372,9 +380,15 @@ class RNNLMConfig(PretrainedConfig):
         return self.layer_hidden_sizes[-1] * self.num_directions
 
     @property
+    def head_feature_size(self) -> int:
+        """Width of the features a tagging/classification head reads at each position: the head RNN's output (both
+        directions) when there is one, else the encoder's."""
+        return 2 * self.head_rnn_size if self.head_rnn_size else self.output_size
+
+    @property
     def pooled_size(self) -> int:
         """Width of the sequence head's pooled features: last ‖ max ‖ mean for `"concat"`, one summary otherwise."""
-        return self.output_size * (3 if self.classifier_pooling == "concat" else 1)
+        return self.head_feature_size * (3 if self.classifier_pooling == "concat" else 1)
 
     @property
     def head_dropout(self) -> float:

@@ -836,6 +836,29 @@ class RNNLMLayerMix(nn.Module):
         return self.gamma * sum(weight * features for weight, features in zip(weights, per_layer))
 
 
+class RNNLMHeadRNN(nn.Module):
+    """ELMo's and Flair's task model (`head_rnn_size`): a one-layer BiLSTM over the encoder's features, trained for
+    the task. Padding never enters it: padded rows are packed, as in the encoder."""
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__()
+        self.rnn = nn.LSTM(config.output_size, config.head_rnn_size, batch_first=True, bidirectional=True)
+
+    def forward(
+        self, features: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outputs (batch, seq_len, 2 * head_rnn_size), zeros at padding, and each row's final h of both
+        directions (forward after its last real token, backward after its first), (batch, 2 * head_rnn_size)."""
+        if attention_mask is None or bool(attention_mask.all()):
+            outputs, (last, _) = self.rnn(features)
+            return outputs, last.transpose(0, 1).flatten(1)
+        packer = PaddingPacker(attention_mask[:, -features.shape[1] :])
+        data, packing = packer.pack(features)
+        outputs, (last, _) = self.rnn(PackedSequence(data, *packing))
+        last = packer.final_state(last.transpose(0, 1), None)  # rows without a real token: zeros
+        return packer.unpack(outputs.data, packing), last.flatten(1)
+
+
 # A forbidden tag move's score: exp(-1e4) is 0 in float32, yet it stays finite (no inf - inf = nan in the recursions).
 FORBIDDEN_MOVE = -1e4
 
@@ -971,7 +994,8 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         self.model = RNNLMModel(config)
         self.dropout = nn.Dropout(config.head_dropout)
         self.layer_mix = RNNLMLayerMix(config) if config.layer_mix else None
-        self.classifier = nn.Linear(config.output_size, config.num_labels)
+        self.head_rnn = RNNLMHeadRNN(config) if config.head_rnn_size else None
+        self.classifier = nn.Linear(config.head_feature_size, config.num_labels)
         self.crf = RNNLMCRF(config) if config.use_crf else None
         self.post_init()
 
@@ -1012,6 +1036,8 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         features = self.layer_mix(outputs.hidden_states[1:]) if self.layer_mix else outputs.last_hidden_state
         if self.config.word_separator_id is not None:
             features = self.word_features(features, input_ids, attention_mask)
+        if self.head_rnn is not None:
+            features, _ = self.head_rnn(self.dropout(features), attention_mask)
         logits = self.classifier(self.dropout(features))  # (batch, seq_len, num_labels)
         loss = None
         if labels is not None:
@@ -1039,6 +1065,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         self.model = RNNLMModel(config)
         self.dropout = nn.Dropout(config.head_dropout)
         self.layer_mix = RNNLMLayerMix(config) if config.layer_mix else None
+        self.head_rnn = RNNLMHeadRNN(config) if config.head_rnn_size else None
         self.score = nn.Linear(config.pooled_size, config.num_labels)
         self.post_init()
 
@@ -1048,14 +1075,18 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         # ULMFiT's concat pooling (Howard & Ruder 2018, 3.3) reads [h_T, maxpool(H), meanpool(H)].
         names = ("last", "max", "mean") if pooling == "concat" else (pooling,)
         mix = self.layer_mix
-        # (batch, seq_len, output_size), zeros at padding
+        # (batch, seq_len, head_feature_size), zeros at padding
         hidden_states = mix(outputs.hidden_states[1:]) if mix else outputs.last_hidden_state
+        if self.head_rnn is not None:
+            hidden_states, head_last = self.head_rnn(self.dropout(hidden_states), attention_mask)
         if names != ("last",):
             if attention_mask is None:
                 attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
             mask = attention_mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)  # (batch, seq_len, 1)
-        pooled = {}  # each (batch, output_size)
-        if "last" in names:
+        pooled = {}  # each (batch, head_feature_size)
+        if "last" in names and self.head_rnn is not None:
+            pooled["last"] = head_last
+        elif "last" in names:
             # The final h of each direction: forward after the last real token, backward after the first (as gpt2
             # pools the last non-pad token, but exact under any padding since the batch is packed).
             last = [state[:, : self.config.num_directions].flatten(1) for state in outputs.final_states]
@@ -1131,6 +1162,7 @@ __all__ = [
     "IGNORE_INDEX",
     "RNNLMCRF",
     "RNNLMLayerMix",
+    "RNNLMHeadRNN",
     "RNNLMTokenSpelling",
     "MODEL_CLASSES",
     "RNNLMCache",

@@ -141,6 +141,32 @@ def test_layer_mix_is_a_learned_average_of_the_layers(head):
         RNNLMConfig(num_hidden_layers=2, hidden_sizes=[8, 4], layer_mix=True)
 
 
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("head", [RNNLMForTokenClassification, RNNLMForSequenceClassification])
+def test_head_rnn_reads_the_layer_mix_and_ignores_padding(head, padding):
+    torch.manual_seed(0)
+    config = bilm_config(layer_mix=True, head_rnn_size=4, num_labels=3, classifier_pooling="concat")
+    model = head(config).eval()
+    assert model.config.head_feature_size == 8 and model.config.pooled_size == 24
+    ids, mask = torch.randint(3, 30, (2, 8)), PADDINGS[padding]
+    real = mask[1].bool()
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask).logits
+        alone = model(ids[1:, real]).logits  # the padded row, without its padding
+        # By hand: the head BiLSTM over the layer mix, then the output layer (sequences: last ‖ max ‖ mean).
+        mixed = model.layer_mix(model.model(ids[1:, real], output_hidden_states=True).hidden_states[1:])
+        outputs, (h, _) = model.head_rnn.rnn(mixed)
+        if head is RNNLMForTokenClassification:
+            expected = model.classifier(outputs)
+        else:
+            pooled = torch.cat([h.transpose(0, 1).flatten(1), outputs.amax(1), outputs.mean(1)], -1)
+            expected = model.score(pooled)
+    torch.testing.assert_close(alone, expected)
+    torch.testing.assert_close(logits[1, real] if logits.dim() == 3 else logits[1], alone[0])
+    with pytest.raises(ValueError, match="head_rnn_size"):
+        RNNLMConfig(head_rnn_size=-1)
+
+
 def test_training_script_reports_a_perplexity_per_direction(tmp_path, corpus):
     overrides = "hidden_size=16,num_hidden_layers=2,bidirectional=true,separate_directions=true"
     args = tiny_run_args(corpus, tmp_path / "run", "--max_steps", "4", "--stateful", "false")
