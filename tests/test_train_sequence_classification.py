@@ -93,6 +93,22 @@ def test_class_files_latin1_cross_validation(tmp_path):
     assert "café" in vocab or "cliché" in vocab  # decoded as Latin-1, not mangled
 
 
+def test_cv_fold_indices_run_those_folds_exactly_as_the_full_run_does(tmp_path):
+    argv = ["--train_file", str(SENTIMENT / "rt"), "--encoding", "latin-1", "--cv_folds", "3", "--do_train"]
+    argv += ["--validation_split_percentage", "20", "--config_overrides", TINY_MODEL, *COMMON, "--max_steps", "2"]
+    full = script.main([*argv, "--output_dir", str(tmp_path / "all")])
+    part = script.main([*argv, "--output_dir", str(tmp_path / "part"), "--cv_fold_indices", "2", "0"])
+    assert sorted(key for key in part if key.startswith("fold_") and key.endswith("accuracy")) == [
+        "fold_0_test_accuracy", "fold_2_test_accuracy",
+    ]  # fmt: skip
+    for fold in (0, 2):
+        assert part[f"fold_{fold}_test_accuracy"] == full[f"fold_{fold}_test_accuracy"]
+    assert part["cv_accuracy_mean"] == pytest.approx((full["fold_0_test_accuracy"] + full["fold_2_test_accuracy"]) / 2)
+    assert sorted(path.name for path in (tmp_path / "part").glob("fold_*")) == ["fold_0", "fold_2"]
+    with pytest.raises(ValueError, match="--cv_fold_indices"):
+        script.main([*argv, "--output_dir", str(tmp_path / "bad"), "--cv_fold_indices", "3"])
+
+
 @pytest.mark.parametrize(
     ("files", "extra", "expected"),
     [

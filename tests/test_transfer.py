@@ -1,5 +1,7 @@
 """Transfer from a causal-LM checkpoint into both heads (ULMFiT), discriminative learning rates, gradual unfreezing."""
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -168,6 +170,77 @@ def test_gradual_unfreezing_callback_unfreezes_one_group_per_epoch():
     callback.on_epoch_begin(None, TrainerState(epoch=0.0), None)
     callback.on_train_end(None, TrainerState(), None)
     assert trainable_modules() == set(top_down)
+
+
+def test_layer_groups_put_the_backward_lm_with_its_layer_and_the_char_cnn_with_the_embeddings():
+    config = RNNLMConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2, bidirectional=True, num_labels=3)
+    config.update({"separate_directions": True, "char_cnn_filters": 4, "char_vocab_size": 5, "head_rnn_size": 3})
+    groups = dict(layer_groups(RNNLMForTokenClassification(config)))
+    names = {group: {name.split(".")[1] if name.startswith("model.") else name.split(".")[0] for name, _ in named}
+             for group, named in groups.items()}  # fmt: skip
+    assert names == {
+        "head": {"classifier", "head_rnn"},
+        "layer_1": {"layers", "reverse_layers"},
+        "layer_0": {"layers", "reverse_layers"},
+        "embeddings": {"embeddings", "spelling"},
+    }
+
+
+def test_freeze_encoder_trains_only_the_head(lm_folder, tmp_path):
+    """ELMo's feature-based use: the LM's weights come out of training unchanged, the head RNN and output layer not."""
+    sentiment = FIXTURES / "sentiment"
+    argv = ["--model_name_or_path", str(lm_folder), "--train_file", str(sentiment / "train.tsv"), "--do_train"]
+    argv += ["--max_steps", "3", "--freeze_encoder", "true", "--config_overrides", "head_rnn_size=5"]
+    tuned = {}
+    for learning_rate in ("0", "0.05"):  # the same seed: at 0, the weights the head started from
+        output_dir = tmp_path / learning_rate
+        train_sequence_classification.main(
+            [*argv, "--learning_rate", learning_rate, "--output_dir", str(output_dir), *COMMON]
+        )
+        tuned[learning_rate] = load_file(output_dir / "model.safetensors")
+    lm, start, trained = load_file(lm_folder / "model.safetensors"), tuned["0"], tuned["0.05"]
+    encoder = [name for name in trained if name.startswith("model.")]
+    assert encoder and all(torch.equal(trained[name], lm[name]) for name in encoder)
+    for name in ("head_rnn.rnn.weight_ih_l0", "head_rnn.rnn.weight_hh_l0_reverse", "score.weight"):
+        assert not torch.equal(trained[name], start[name]), name
+    assert trained["head_rnn.rnn.weight_ih_l0"].shape == (4 * 5, 16)  # reads the LM's 16 features
+    with pytest.raises(ValueError, match="pick one"):
+        TransferArguments(freeze_encoder=True, gradual_unfreezing=True)
+
+
+def test_lm_adaptation_trains_the_lm_on_each_folds_training_texts_only(lm_folder, tmp_path):
+    """ULMFiT's target-task LM fine-tuning inside cross-validation: each fold adapts the LM on its own training
+    texts (never its test or validation texts), and the head starts from the adapted LM, not the original one."""
+    rt = FIXTURES / "sentiment" / "rt"
+    argv = ["--model_name_or_path", str(lm_folder), "--train_file", str(rt), "--encoding", "latin-1"]
+    argv += ["--cv_folds", "2", "--validation_split_percentage", "20", "--do_train", "--max_steps", "2"]
+    argv += ["--lm_adaptation_epochs", "2", "--lm_adaptation_learning_rate", "0.05", "--freeze_encoder", "true"]
+    argv += ["--lm_adaptation_block_size", "8"]
+    train_sequence_classification.main([*argv, "--output_dir", str(tmp_path), *COMMON])
+    texts = [
+        " ".join(line.split()) for path in sorted(rt.iterdir()) for line in path.read_text("latin-1").splitlines()
+    ]
+    lm = load_file(lm_folder / "model.safetensors")
+    for fold in range(2):
+        folder = tmp_path / f"fold_{fold}"
+        adapted_texts = (folder / "adapted_lm" / "train.txt").read_text().splitlines()
+        tested = [line.split("\t", 1)[1] for line in (folder / "test_predictions.tsv").read_text().splitlines()]
+        assert not set(adapted_texts) & set(tested)
+        validation = (folder / "adapted_lm" / "validation.txt").read_text().splitlines()  # scored, never trained on
+        trained = len(texts) - len(tested)
+        assert len(validation) == math.ceil(trained * 0.2) and len(adapted_texts) == trained - len(validation)
+        assert sorted(adapted_texts + validation + tested) == sorted(texts)
+        assert "eval_perplexity" in json.loads((folder / "adapted_lm" / "run_info.json").read_text())["metrics"]
+        adapted = load_file(folder / "adapted_lm" / "model.safetensors")
+        classifier = load_file(folder / "model.safetensors")
+        assert not torch.equal(adapted["model.embeddings.weight"], lm["model.embeddings.weight"])
+        for name, tensor in classifier.items():  # the frozen encoder is the adapted LM's
+            if name.startswith("model."):
+                assert torch.equal(tensor, adapted[name]), name
+    with pytest.raises(ValueError, match="not one"):
+        train_sequence_classification.main(
+            [*argv, "--model_name_or_path", str(tmp_path / "fold_0"), "--output_dir", str(tmp_path / "x"), *COMMON]
+        )
 
 
 def test_parse_args_json_then_flags(tmp_path):

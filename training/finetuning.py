@@ -1,6 +1,9 @@
 """What the tagger and classifier scripts share beyond the common scaffold (`scaffold.py`): the data-split options,
-the run_ner/run_glue train-evaluate-predict sequence, and ULMFiT's two fine-tuning tricks (Howard & Ruder 2018,
-https://arxiv.org/abs/1801.06146), both off by default.
+the run_ner/run_glue train-evaluate-predict sequence, and ULMFiT's stages after pretraining (Howard & Ruder 2018,
+https://arxiv.org/abs/1801.06146), all off by default.
+
+- Target-task LM fine-tuning (`--lm_adaptation_epochs`): the pretrained LM first learns the task's text (its
+  training split only), then the head starts from it.
 
 - Discriminative fine-tuning: each layer group gets its own learning rate, `lr / decay**depth` counted from the top
   (ULMFiT uses decay 2.6), because lower layers hold more general features that need less change.
@@ -11,8 +14,10 @@ Layer groups, top first: head, recurrent layer N-1, ..., recurrent layer 0, embe
 into a head (transfer) is `scaffold.build_model`.
 """
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -84,7 +89,34 @@ class TransferArguments:
         },
     )
 
+    lm_adaptation_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "ULMFiT's target-task LM fine-tuning: first train the --model_name_or_path language model on this "
+            "run's training texts (each fold's in cross-validation; never validation or test texts) for this many "
+            "epochs, then start the head from it (saved in <output_dir>/adapted_lm). 0: off."
+        },
+    )
+    lm_adaptation_block_size: int = field(
+        default=70, metadata={"help": "Tokens per training block of the LM fine-tuning (shuffled blocks)."}
+    )
+    lm_adaptation_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate of the LM fine-tuning (AdamW, cosine, 10% warmup)."}
+    )
+    freeze_encoder: bool = field(
+        default=False,
+        metadata={
+            "help": "ELMo's feature-based use (Peters et al. 2018): the encoder (embeddings and recurrent layers, a "
+            "pretrained LM's) stays fixed and only the head trains: layer mix, head RNN (config head_rnn_size), "
+            "output layer, CRF. Cheaper per step, and the pretrained features cannot be forgotten."
+        },
+    )
+
     def __post_init__(self):
+        if self.freeze_encoder and self.gradual_unfreezing:
+            raise ValueError("--freeze_encoder keeps the encoder fixed, --gradual_unfreezing unfreezes it: pick one")
+        if self.lm_adaptation_epochs < 0:
+            raise ValueError(f"--lm_adaptation_epochs must be >= 0 (0: off), got {self.lm_adaptation_epochs}")
         if self.layerwise_lr_decay is not None and self.layerwise_lr_decay <= 0:
             raise ValueError(f"--layerwise_lr_decay must be > 0 (ULMFiT: 2.6), got {self.layerwise_lr_decay}")
 
@@ -95,6 +127,52 @@ def start_finetuning(data_arguments: type, argv: list[str] | None) -> tuple:
     dataclass_types = (ModelArguments, data_arguments, TransferArguments, TrainingArguments, RunArguments)
     arguments = parse_script_args(dataclass_types, argv, FINETUNE_DEFAULTS)
     return (*arguments, start_run(arguments[3], arguments[4]))
+
+
+def adapt_language_model(
+    texts: list[str],
+    validation_texts: list[str] | None,
+    model_args: ModelArguments,
+    transfer_args: TransferArguments,
+    training_args: TrainingArguments,
+) -> ModelArguments:
+    """ULMFiT's second stage (3.2): the causal LM of --model_name_or_path fine-tuned on `texts` by `train_clm.py`
+    (shuffled blocks, a bidirectional LM's two directions alike), saved in <output_dir>/adapted_lm with its
+    perplexity on `validation_texts` (when given); returns the model arguments that start the head from it. A
+    finished adaptation there is reused (a resumed run)."""
+    from rnn_lm_hf.training import train_clm  # the sibling script does the LM training; only this option needs it
+
+    path = model_args.model_name_or_path
+    if path is None or "RNNLMForCausalLM" not in (RNNLMConfig.from_pretrained(path).architectures or []):
+        raise ValueError(
+            f"--lm_adaptation_epochs fine-tunes a language model, but --model_name_or_path {path} is not one: pass a "
+            "causal-LM folder (train_clm.py's output), or --lm_adaptation_epochs 0"
+        )
+    folder = Path(training_args.output_dir) / "adapted_lm"
+    if not (folder / "run_info.json").is_file():  # written last, so its presence means the adaptation finished
+        files = {"train": texts, "validation": validation_texts}
+        with training_args.main_process_first(desc="writing the texts for LM fine-tuning"):
+            folder.mkdir(parents=True, exist_ok=True)
+            for split, lines in files.items():  # one text per line, as train_clm.py reads them
+                if lines:
+                    text = "".join(" ".join(line.split()) + "\n" for line in lines)
+                    (folder / f"{split}.txt").write_text(text, encoding="utf-8")
+        argv = ["--model_name_or_path", path, "--train_file", str(folder / "train.txt"), "--output_dir", str(folder)]
+        argv += ["--validation_file", str(folder / "validation.txt")] if validation_texts else []
+        argv += ["--tokenizer_name", model_args.tokenizer_name] if model_args.tokenizer_name else []
+        argv += ["--do_train", "--num_train_epochs", str(transfer_args.lm_adaptation_epochs), "--stateful", "false"]
+        argv += ["--block_size", str(transfer_args.lm_adaptation_block_size), "--per_device_train_batch_size", "32"]
+        argv += ["--optim", "adamw_torch"]
+        argv += ["--learning_rate", str(transfer_args.lm_adaptation_learning_rate), "--lr_scheduler_type", "cosine"]
+        argv += ["--warmup_steps", "0.1", "--weight_decay", "0.01", "--max_grad_norm", "0.25"]
+        argv += ["--validation_split_percentage", "0", "--eval_strategy", "no", "--save_strategy", "no"]
+        argv += ["--num_samples", "0", "--seed", str(training_args.seed), "--report_to", "none"]
+        argv += ["--use_cpu", str(training_args.use_cpu), "--disable_tqdm", str(training_args.disable_tqdm)]
+        logger.info(
+            "ULMFiT target-task LM fine-tuning: %d texts, %s epochs", len(texts), transfer_args.lm_adaptation_epochs
+        )
+        train_clm.main(argv)
+    return dataclasses.replace(model_args, model_name_or_path=str(folder), tokenizer_name=None)
 
 
 def checkpoint_labels(model_args: ModelArguments, head: str) -> list[str]:
@@ -111,11 +189,13 @@ def layer_groups(model: PreTrainedModel) -> list[tuple[str, list[tuple[str, nn.P
     num_layers = model.config.num_hidden_layers
     groups: dict[str, list] = {"head": [], **{f"layer_{i}": [] for i in reversed(range(num_layers))}, "embeddings": []}
     for name, param in model.named_parameters():
-        if name.startswith(prefix + "embeddings."):
+        # A backward LM's layer i (`reverse_layers`) joins the forward one's group; the character CNN the embeddings'.
+        stack = next((s for s in ("layers.", "reverse_layers.") if name.startswith(prefix + s)), None)
+        if stack is not None:
+            groups[f"layer_{name[len(prefix) + len(stack) :].split('.')[0]}"].append((name, param))
+        elif name.startswith(prefix):  # the embeddings, the character CNN
             groups["embeddings"].append((name, param))
-        elif name.startswith(prefix + "layers."):
-            groups[f"layer_{name[len(prefix) + len('layers.') :].split('.')[0]}"].append((name, param))
-        else:  # classifier / score (and anything else outside the encoder)
+        else:  # the head: classifier / score, layer mix, head RNN, CRF
             groups["head"].append((name, param))
     return list(groups.items())
 
@@ -177,6 +257,10 @@ class TransferTrainer(Trainer):
         self.transfer_args = transfer_args or TransferArguments()
         if self.transfer_args.gradual_unfreezing:
             self.add_callback(GradualUnfreezingCallback(self.model))
+        if self.transfer_args.freeze_encoder:
+            for _, named in layer_groups(self.model)[1:]:
+                for _, param in named:
+                    param.requires_grad_(False)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None or self.transfer_args.layerwise_lr_decay is None:

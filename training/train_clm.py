@@ -108,7 +108,7 @@ def build_datasets(raw, tokenizer, data_args: DataArguments, training_args: Trai
     with training_args.main_process_first(desc="tokenizing"):
         for split, dataset in raw.items():
             stream = tokenize_to_stream(dataset, tokenizer, add_eos=data_args.add_eos)
-            name = f"the {split} split"
+            name = f"{split} split"
             if not data_args.stateful:
                 splits[split] = group_into_blocks(stream, data_args.block_size, tokenizer.pad_token_id, name=name)
             elif split == "train":

@@ -40,6 +40,7 @@ from rnn_lm_hf.training.finetuning import (
     SplitArguments,
     TransferArguments,
     TransferTrainer,
+    adapt_language_model,
     checkpoint_labels,
     start_finetuning,
     train_evaluate_predict,
@@ -72,6 +73,13 @@ class DataArguments(SplitArguments):
         default=None,
         metadata={"help": "No test split: k-fold cross-validation on --train_file (stratified; rt-polarity: 10)."},
     )
+    cv_fold_indices: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Run only these folds of --cv_folds (0-based), to spread the folds over processes "
+            "(bench/downstream.py --cv_shards); the mean and std are then over these folds."
+        },
+    )
     validation_split_percentage: int | None = field(
         default=None,
         metadata={"help": "Without --validation_file: hold out this percentage of the training data (stratified)."},
@@ -89,6 +97,12 @@ class DataArguments(SplitArguments):
                 raise ValueError("--cv_folds splits --train_file into folds: leave out --test_file")
             if self.cv_folds < 2:
                 raise ValueError(f"--cv_folds must be >= 2, got {self.cv_folds}")
+        if self.cv_fold_indices is not None:
+            folds = range(self.cv_folds or 0)
+            if not self.cv_fold_indices or any(fold not in folds for fold in self.cv_fold_indices):
+                raise ValueError(
+                    f"--cv_fold_indices {self.cv_fold_indices}: pass fold numbers in 0..k-1 with --cv_folds k"
+                )
         if self.validation_split_percentage is not None:
             if self.validation_file is not None:
                 raise ValueError("pass either --validation_file or --validation_split_percentage, not both")
@@ -144,6 +158,9 @@ def train_and_evaluate(
     label_names = (raw["train"] if "train" in raw else next(iter(raw.values()))).features["label"].names
     id2label = dict(enumerate(label_names))
 
+    if transfer_args.lm_adaptation_epochs and training_args.do_train:
+        validation = raw["validation"]["text"] if "validation" in raw else None
+        model_args = adapt_language_model(raw["train"]["text"], validation, model_args, transfer_args, training_args)
     tokenizer = get_tokenizer(model_args, lambda: iter(raw["train"]["text"]))
     model = build_model(RNNLMForSequenceClassification, model_args, tokenizer, id2label)
 
@@ -173,10 +190,20 @@ def train_and_evaluate(
     return metrics
 
 
+def cv_summary(values: list[float], prefix: str) -> dict[str, float]:
+    """{prefix_mean, prefix_std} over folds' scores (sample std, ddof=1; no std for a single fold)."""
+    summary = {f"{prefix}_mean": float(np.mean(values))}
+    if len(values) > 1:
+        summary[f"{prefix}_std"] = float(np.std(values, ddof=1))
+    return summary
+
+
 def cross_validate(raw, model_args, data_args, transfer_args, training_args, run_args) -> dict[str, float]:
     """k runs, each tested on one fold and trained on the rest (its own tokenizer too); mean and std of test scores."""
-    fold_metrics = []
+    fold_metrics = {}
     for fold, split in enumerate(kfold_splits(raw["train"], k=data_args.cv_folds, seed=training_args.seed)):
+        if data_args.cv_fold_indices is not None and fold not in data_args.cv_fold_indices:
+            continue
         logger.info(
             "***** Fold %d/%d: %d train, %d test *****", fold + 1, data_args.cv_folds, *map(len, split.values())
         )
@@ -185,14 +212,17 @@ def cross_validate(raw, model_args, data_args, transfer_args, training_args, run
         fold_args.do_predict = True
         if "validation" in raw:  # a validation file serves every fold
             split["validation"] = raw["validation"]
-        fold_metrics.append(train_and_evaluate(split, model_args, data_args, transfer_args, fold_args, run_args))
+        fold_metrics[fold] = train_and_evaluate(split, model_args, data_args, transfer_args, fold_args, run_args)
     metrics = {}
     for name in REPORTED_METRICS:
-        values = np.array([m[f"test_{name}"] for m in fold_metrics])
-        metrics.update({f"cv_{name}_mean": float(values.mean()), f"cv_{name}_std": float(values.std(ddof=1))})
-        metrics.update({f"fold_{i}_test_{name}": float(v) for i, v in enumerate(values)})
+        metrics.update({f"fold_{fold}_test_{name}": m[f"test_{name}"] for fold, m in fold_metrics.items()})
+        metrics.update(cv_summary([m[f"test_{name}"] for m in fold_metrics.values()], f"cv_{name}"))
     logger.info(
-        "%d-fold accuracy %.4f +- %.4f", data_args.cv_folds, metrics["cv_accuracy_mean"], metrics["cv_accuracy_std"]
+        "%d-fold accuracy %.4f +- %.4f over %d folds",
+        data_args.cv_folds,
+        metrics["cv_accuracy_mean"],
+        metrics.get("cv_accuracy_std", float("nan")),
+        len(fold_metrics),
     )
     if training_args.should_save:
         path = Path(training_args.output_dir) / "cv_results.json"

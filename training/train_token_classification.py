@@ -42,6 +42,7 @@ from rnn_lm_hf.tagging_data import (
 from rnn_lm_hf.training.finetuning import (
     SplitArguments,
     TransferTrainer,
+    adapt_language_model,
     checkpoint_labels,
     start_finetuning,
     train_evaluate_predict,
@@ -242,6 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     label2id = {label: i for i, label in id2label.items()}
     logger.info("%d labels: %s", len(labels), labels)
 
+    if transfer_args.lm_adaptation_epochs and training_args.do_train:
+        texts = {split: [" ".join(tokens) for tokens in raw[split]["tokens"]] for split in ("train", "validation")
+                 if split in raw}  # fmt: skip
+        model_args = adapt_language_model(
+            texts["train"], texts.get("validation"), model_args, transfer_args, training_args
+        )
     tokenizer = get_tokenizer(model_args, lambda: (" ".join(tokens) for tokens in raw["train"]["tokens"]))
     flair = {"word_separator_id": character_id(tokenizer, " ")} if data_args.flair_word_features else {}
     model = build_model(RNNLMForTokenClassification, model_args, tokenizer, id2label, flair)
