@@ -8,9 +8,11 @@ Initialisations (--init):
     scratch-lm   the LM's architecture and tokenizer, random weights: the control for the two below
     pretrained   --model_name_or_path LM: its embeddings and recurrent layers, a new head, plain fine-tuning
     ulmfit       the same plus ULMFiT's discriminative learning rates (2.6) and gradual unfreezing
+    adapted      pretrained, after ULMFiT's target-task LM fine-tuning: the LM first trains on the run's (each
+                 fold's) training texts for --adaptation_epochs, then the head starts from it
 
-The three LM-based inits share the per-benchmark `lm_flags` (a unidirectional encoder tags a word at its last
-sub-token; classifiers use ULMFiT's concat pooling), so they differ only in the initialisation and the two tricks.
+The LM-based inits share the per-benchmark `lm_flags` (a unidirectional encoder tags a word at its last
+sub-token; classifiers use ULMFiT's concat pooling), so they differ only in the initialisation and the tricks.
 
     python bench/downstream.py                                    # all four, from scratch, CPU
     python bench/downstream.py --only wnut17 sst2                 # a subset
@@ -37,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
@@ -44,7 +47,7 @@ from rnn_lm_hf import RNNLMConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
-INITS = ("scratch", "scratch-lm", "pretrained", "ulmfit")
+INITS = ("scratch", "scratch-lm", "pretrained", "ulmfit", "adapted")
 BENCHMARKS = {
     "wnut17": {
         "script": "training/train_token_classification.py",
@@ -91,10 +94,23 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
+def cv_folds(name: str) -> int:
+    """The benchmark's number of cross-validation folds (0: it has a test set)."""
+    return json.loads((ROOT / BENCHMARKS[name]["config"]).read_text()).get("cv_folds") or 0
+
+
+def shards_of(name: str, args: argparse.Namespace) -> list[int | None]:
+    """A cross-validated benchmark runs as --cv_shards processes (fold i in shard i mod N); others as one."""
+    return list(range(args.cv_shards)) if cv_folds(name) and args.cv_shards > 1 else [None]
+
+
+def command_for(name: str, init: str, args: argparse.Namespace, shard: int | None = None) -> list[str]:
     spec = BENCHMARKS[name]
     output_dir = Path(args.runs_dir) / "-".join(filter(None, (name, init, args.variant)))
     command = ["python", spec["script"], spec["config"], "--output_dir", str(output_dir)]
+    if shard is not None:
+        command[-1] += f"-shard{shard}"
+        command += ["--cv_fold_indices", *map(str, range(shard, cv_folds(name), args.cv_shards))]
     if args.device == "cuda":
         command += ["--use_cpu", "false"]
     overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
@@ -118,6 +134,8 @@ def command_for(name: str, init: str, args: argparse.Namespace) -> list[str]:
         command += ["--model_name_or_path", lm]
     if init == "ulmfit":
         command += ["--layerwise_lr_decay", "2.6", "--gradual_unfreezing", "true"]
+    if init == "adapted":
+        command += ["--lm_adaptation_epochs", str(args.adaptation_epochs)]
     return command + args.extra
 
 
@@ -127,9 +145,10 @@ def device_name(args: argparse.Namespace) -> str:
     return f"CPU, 1 thread: {cpu_model()}"
 
 
-def run(name: str, init: str, args: argparse.Namespace, deadline: float) -> dict | None:
-    """One benchmark run in its own process; its row, or None if it failed or ran past the deadline."""
-    command = command_for(name, init, args)
+def run(name: str, init: str, args: argparse.Namespace, deadline: float, shard: int | None = None) -> dict | None:
+    """One benchmark run (or shard of its folds) in its own process; its row, or None if it failed or ran past the
+    deadline."""
+    command = command_for(name, init, args, shard)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = Path(command[command.index("--output_dir") + 1] + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +196,28 @@ def run(name: str, init: str, args: argparse.Namespace, deadline: float) -> dict
     }
 
 
+def merge_shards(rows: list[dict]) -> dict:
+    """One row from the rows of a benchmark's fold shards: every fold's scores, mean and std over all of them, the
+    shards' commands, and the wall time of the slowest (they run side by side)."""
+    metrics = {key: value for row in rows for key, value in row["metrics"].items() if key.startswith("fold_")}
+    names = sorted({key.split("_test_", 1)[1] for key in metrics})
+    for metric in names:
+        values = [value for key, value in metrics.items() if key.endswith(f"_test_{metric}")]
+        metrics[f"cv_{metric}_mean"], metrics[f"cv_{metric}_std"] = (
+            float(np.mean(values)),
+            float(np.std(values, ddof=1)),
+        )
+    metric = rows[0]["metric"]
+    return {
+        **rows[0],
+        "value": metrics[metric],
+        "std": metrics[metric.replace("_mean", "_std")],
+        "wall_s": max(row["wall_s"] for row in rows),
+        "command": " & ".join(row["command"] for row in rows),
+        "metrics": metrics,
+    }
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| benchmark | init | variant | test | dev | anchor | wall |", "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -203,6 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="", help="Name of these rows (an LM, overrides), kept apart from others.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (on cuda they share the one GPU).")
+    parser.add_argument(
+        "--adaptation_epochs", type=float, default=2, help="--init adapted: epochs of LM fine-tuning on the task text."
+    )
+    parser.add_argument(
+        "--cv_shards",
+        type=int,
+        default=1,
+        help="Spread a cross-validated benchmark's folds over N runs (with --jobs).",
+    )
     parser.add_argument("--deadline_minutes", type=float, default=None, help="Stop runs still going after this.")
     parser.add_argument("--runs_dir", default="runs/bench_downstream")
     parser.add_argument("--results", default=None, help="JSON rows (default bench/results/downstream_<device>.json)")
@@ -217,16 +267,24 @@ def main(argv: list[str] | None = None) -> None:
     deadline = time.monotonic() + 60 * (args.deadline_minutes or 1e9)
 
     results_path = ROOT / (args.results or f"bench/results/downstream_{args.device}.json")
-    runs = [(name, init) for name in args.only for init in inits]
-    failed = []
+    runs = [(name, init, shard) for name in args.only for init in inits for shard in shards_of(name, args)]
+    failed, shard_rows = [], {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run, name, init, args, deadline): (name, init) for name, init in runs}
+        futures = {
+            pool.submit(run, name, init, args, deadline, shard): (name, init, shard) for name, init, shard in runs
+        }
         for future in concurrent.futures.as_completed(futures):
-            name, init = futures[future]
+            name, init, shard = futures[future]
             row = future.result()
             if row is None:
-                failed.append(f"{name} ({init})")
+                failed.append(f"{name} ({init}{'' if shard is None else f', shard {shard}'})")
                 continue
+            if shard is not None:  # a row once every shard of the benchmark is in
+                done = shard_rows.setdefault((name, init), [])
+                done.append(row)
+                if len(done) < args.cv_shards:
+                    continue
+                row = merge_shards(done)
             key = (name, init, args.variant)
             # Read again before each merge: another downstream.py may have added its rows to the same file.
             rows = json.loads(results_path.read_text()) if results_path.is_file() else []

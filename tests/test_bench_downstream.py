@@ -39,6 +39,8 @@ def namespace(**overrides):
             "overrides": "",
             "tagger_overrides": "",
             "variant": "",
+            "adaptation_epochs": 2,
+            "cv_shards": 1,
             **overrides,
         }
     )
@@ -47,7 +49,7 @@ def namespace(**overrides):
 def test_each_init_changes_only_the_initialisation(downstream):
     commands = {init: downstream.command_for("sst2", init, namespace()) for init in downstream.INITS}
     assert "--model_name_or_path" not in commands["scratch"] and "--config_name" not in commands["scratch"]
-    lm_based = {init: commands[init] for init in ("scratch-lm", "pretrained", "ulmfit")}
+    lm_based = {init: commands[init] for init in ("scratch-lm", "pretrained", "ulmfit", "adapted")}
     for command in lm_based.values():
         overrides = command[command.index("--config_overrides") + 1]
         # The LM fixes architecture and dropout; pooling is ULMFiT's concat for every LM-based run.
@@ -58,6 +60,7 @@ def test_each_init_changes_only_the_initialisation(downstream):
     assert lm_based["ulmfit"][-6:] == [
         "--model_name_or_path", "lm", "--layerwise_lr_decay", "2.6", "--gradual_unfreezing", "true",
     ]  # fmt: skip
+    assert lm_based["adapted"][-4:] == ["--model_name_or_path", "lm", "--lm_adaptation_epochs", "2"]
     tagger = downstream.command_for("wnut17", "pretrained", namespace(device="cuda"))
     assert tagger[tagger.index("--config_overrides") + 1] == ""  # replaces the file's BiLSTM architecture
     assert tagger[tagger.index("--label_sub_token") + 1] == "last"
@@ -105,3 +108,40 @@ def test_overrides_and_variants_add_to_every_init(downstream):
     assert scratch[scratch.index("--output_dir") + 1] == "runs/x/wnut17-scratch-crf"
     pretrained = downstream.command_for("wnut17", "pretrained", args)
     assert pretrained[pretrained.index("--config_overrides") + 1] == "use_crf=true"
+
+
+# Stands in for a cross-validating script: fold k scores 0.7 + k / 100, for the folds it is given.
+FAKE_CV_SCRIPT = """
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+output_dir = Path(args[args.index("--output_dir") + 1])
+folds = [int(a) for a in args[args.index("--cv_fold_indices") + 1 :] if a.isdigit()]
+metrics = {f"fold_{k}_test_accuracy": 0.7 + k / 100 for k in folds}
+metrics["cv_accuracy_mean"] = sum(metrics.values()) / len(folds)
+output_dir.mkdir(parents=True, exist_ok=True)
+(output_dir / "run_info.json").write_text(json.dumps({"metrics": metrics}))
+"""
+
+
+def test_cv_shards_spread_the_folds_and_merge_into_one_row(downstream, tmp_path, monkeypatch):
+    script = tmp_path / "fake_cv.py"
+    script.write_text(FAKE_CV_SCRIPT)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"cv_folds": 5, "config_overrides": "hidden_size=8"}))
+    spec = {**downstream.BENCHMARKS["rt_polarity"], "script": str(script), "config": str(config)}
+    monkeypatch.setattr(downstream, "BENCHMARKS", {"rt_polarity": spec})
+    commands = [downstream.command_for("rt_polarity", "scratch", namespace(cv_shards=2), shard) for shard in (0, 1)]
+    assert [command[command.index("--cv_fold_indices") + 1 :] for command in commands] == [["0", "2", "4"], ["1", "3"]]
+    results = tmp_path / "rows.json"
+    argv = ["--only", "rt_polarity", "--init", "scratch", "--cv_shards", "2", "--jobs", "2"]
+    downstream.main([*argv, "--runs_dir", str(tmp_path / "runs"), "--results", str(results)])
+    [row] = json.loads(results.read_text())
+    scores = [0.7 + k / 100 for k in range(5)]
+    assert [row["metrics"][f"fold_{k}_test_accuracy"] for k in range(5)] == pytest.approx(scores)
+    assert row["value"] == pytest.approx(sum(scores) / 5)
+    assert row["std"] == pytest.approx(0.0158114, abs=1e-6)  # sample std of 0.70 .. 0.74
+    assert row["command"].count("--cv_fold_indices") == 2
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir() if path.is_dir()) == [
+        "rt_polarity-scratch-shard0", "rt_polarity-scratch-shard1",
+    ]  # fmt: skip
