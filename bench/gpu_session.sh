@@ -13,8 +13,9 @@
 #      loop at batch 1/64, greedy/sampling, eager and compiled (static cache, CUDA graphs); tokens/s vs GPT-2 124M;
 #      peak memory of training and of decoding after 64/1k/8k-token prompts; training at 2x1500 and 3x1024/50k;
 #   2. the WikiText-2 transfer LM ($LM_CONFIG), packed into $OUT/lm.tar so the fine-tuning can go on elsewhere;
-#   3. the LM-based downstream rows (bench/downstream.py --init scratch-lm pretrained), $JOBS runs sharing the GPU;
-#      runs still going at the deadline are stopped and reported as unfinished, never as results.
+#   3. the LM-based downstream rows (bench/downstream.py --init $INITS, default scratch-lm pretrained), $JOBS runs
+#      sharing the GPU, rt-polarity's folds spread over $CV_SHARDS of them; runs still going at the deadline are
+#      stopped and reported as unfinished, never as results.
 # Issue 13's bidirectional LM: LM_CONFIG=training/configs/wikitext2_bilm_gpu.json VARIANT=bilm, OVERRIDES (e.g.
 # layer_mix=true) for every downstream run and TAGGER_OVERRIDES (use_crf=true) for the taggers'; SMOKE_LM_OVERRIDES
 # replaces the dry run's tiny LM architecture.
@@ -28,6 +29,8 @@ LM_CONFIG=${LM_CONFIG:-training/configs/wikitext2_lm_transfer.json}
 VARIANT=${VARIANT:-}
 OVERRIDES=${OVERRIDES:-}
 TAGGER_OVERRIDES=${TAGGER_OVERRIDES:-}
+INITS=${INITS:-scratch-lm pretrained}
+CV_SHARDS=${CV_SHARDS:-1}
 SMOKE_LM_OVERRIDES=${SMOKE_LM_OVERRIDES:-cell_type=lstm,embedding_size=16,hidden_size=24,num_hidden_layers=2,dropout=0.3}
 PY=${PYTHON:-python3}
 START=$(date +%s)
@@ -61,12 +64,14 @@ if [ "$SMOKE" = 1 ]; then
   LM_FLAGS=(--use_cpu true --tf32 false --max_steps 4 --tokenizer_vocab_size 300 --num_samples 1
             --config_overrides "$SMOKE_LM_OVERRIDES")
   RUN_FLAGS=(-- --max_steps 2)
+  DOWNSTREAM_FLAGS=(--adaptation_epochs 0.01)  # --init adapted: a step of LM fine-tuning, not epochs
   SPEED_FLAGS=(--device cpu --sizes tiny)
   ISSUE14_FLAGS=(--device cpu --sizes tiny --new-tokens 4)
 else
   DEVICE=cuda
   LM_FLAGS=(--use_cpu false --tf32 true --max_train_minutes 2.5)
   RUN_FLAGS=()
+  DOWNSTREAM_FLAGS=()
   SPEED_FLAGS=(--device cuda --sizes full --bf16 --repeats 5)
   ISSUE14_FLAGS=(--device cuda --sizes full --repeats 3 --new-tokens 64)
 fi
@@ -112,10 +117,12 @@ tar -cf "$OUT/lm.tar" --exclude='checkpoint-*' runs/gpu_lm  # ~13 MB for the 2x2
 
 if [ -f $LM/model.safetensors ]; then
   log "stage 3: downstream rows ($(left) s left)"
-  $PY bench/downstream.py --device $DEVICE --jobs "$JOBS" --pretrained_lm $LM --init scratch-lm pretrained \
+  # shellcheck disable=SC2086  # INITS is a list of words
+  $PY bench/downstream.py --device $DEVICE --jobs "$JOBS" --pretrained_lm $LM --init $INITS --cv_shards "$CV_SHARDS" \
     --only ud_ewt_upos wnut17 sst2 rt_polarity --deadline_minutes "$(minutes_left_but 20)" \
     --variant "$VARIANT" --overrides "$OVERRIDES" --tagger_overrides "$TAGGER_OVERRIDES" \
-    --results "$OUT/downstream.json" --runs_dir runs/gpu_downstream "${RUN_FLAGS[@]}" > $LOGS/downstream.log 2>&1
+    --results "$OUT/downstream.json" --runs_dir runs/gpu_downstream "${DOWNSTREAM_FLAGS[@]}" "${RUN_FLAGS[@]}" \
+    > $LOGS/downstream.log 2>&1
   log "downstream exit $?"
 fi
 
