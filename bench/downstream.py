@@ -39,11 +39,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
 
 from rnn_lm_hf import RNNLMConfig
+from rnn_lm_hf.training.train_sequence_classification import cv_summary
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,12 +201,9 @@ def merge_shards(rows: list[dict]) -> dict:
     shards' commands, and the wall time of the slowest (they run side by side)."""
     metrics = {key: value for row in rows for key, value in row["metrics"].items() if key.startswith("fold_")}
     names = sorted({key.split("_test_", 1)[1] for key in metrics})
-    for metric in names:
+    for metric in names:  # the same mean and std as one run over all the folds
         values = [value for key, value in metrics.items() if key.endswith(f"_test_{metric}")]
-        metrics[f"cv_{metric}_mean"], metrics[f"cv_{metric}_std"] = (
-            float(np.mean(values)),
-            float(np.std(values, ddof=1)),
-        )
+        metrics.update(cv_summary(values, f"cv_{metric}"))
     metric = rows[0]["metric"]
     return {
         **rows[0],
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (on cuda they share the one GPU).")
     parser.add_argument(
-        "--adaptation_epochs", type=float, default=2, help="--init adapted: epochs of LM fine-tuning on the task text."
+        "--adaptation_epochs", type=float, default=3, help="--init adapted: epochs of LM fine-tuning on the task text."
     )
     parser.add_argument(
         "--cv_shards",
