@@ -155,6 +155,7 @@ class RNNLMConfig(PretrainedConfig):
         "cell_type",
         "rnn_nonlinearity",
         "bidirectional",
+        "separate_directions",
         "output_projection",
     )
 

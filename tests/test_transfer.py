@@ -71,6 +71,9 @@ def test_build_model_from_lm_keeps_architecture(lm_folder, head):
     args.config_overrides = "hidden_size=32,dropout=0.2"
     with pytest.raises(ValueError, match="hidden_size would change the architecture"):
         build_model(head, args, tokenizer, id2label)
+    args.config_overrides = "separate_directions=true"  # a biLM's second stack: it shapes the weights too
+    with pytest.raises(ValueError, match="separate_directions would change the architecture"):
+        build_model(head, args, tokenizer, id2label)
 
 
 @pytest.mark.parametrize("head", list(HEADS), ids=lambda head: head.__name__)
