@@ -94,9 +94,14 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+def benchmark_config(name: str) -> dict:
+    """The benchmark's training config (its JSON file in training/configs/)."""
+    return json.loads((ROOT / BENCHMARKS[name]["config"]).read_text())
+
+
 def cv_folds(name: str) -> int:
     """The benchmark's number of cross-validation folds (0: it has a test set)."""
-    return json.loads((ROOT / BENCHMARKS[name]["config"]).read_text()).get("cv_folds") or 0
+    return benchmark_config(name).get("cv_folds") or 0
 
 
 def shards_of(name: str, args: argparse.Namespace) -> list[int | None]:
@@ -105,15 +110,15 @@ def shards_of(name: str, args: argparse.Namespace) -> list[int | None]:
 
 
 def command_for(name: str, init: str, args: argparse.Namespace, shard: int | None = None) -> list[str]:
-    spec = BENCHMARKS[name]
-    output_dir = Path(args.runs_dir) / "-".join(filter(None, (name, init, args.variant)))
+    spec, config = BENCHMARKS[name], benchmark_config(name)
+    shard_name = None if shard is None else f"shard{shard}"
+    output_dir = Path(args.runs_dir) / "-".join(filter(None, (name, init, args.variant, shard_name)))
     command = ["python", spec["script"], spec["config"], "--output_dir", str(output_dir)]
     if shard is not None:
-        command[-1] += f"-shard{shard}"
-        command += ["--cv_fold_indices", *map(str, range(shard, cv_folds(name), args.cv_shards))]
+        command += ["--cv_fold_indices", *map(str, range(shard, config["cv_folds"], args.cv_shards))]
     if args.device == "cuda":
         command += ["--use_cpu", "false"]
-    overrides = json.loads((ROOT / spec["config"]).read_text()).get("config_overrides", "")
+    overrides = config.get("config_overrides", "")
     added = ",".join(filter(None, (args.overrides, args.tagger_overrides if "token" in spec["script"] else "")))
     if init == "scratch":
         if added:

@@ -1085,7 +1085,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
             mask = attention_mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)  # (batch, seq_len, 1)
         pooled = {}  # each (batch, head_feature_size)
         if "last" in names and self.head_rnn is not None:
-            pooled["last"] = head_last
+            pooled["last"] = head_last  # the head RNN's own final states
         elif "last" in names:
             # The final h of each direction: forward after the last real token, backward after the first (as gpt2
             # pools the last non-pad token, but exact under any padding since the batch is packed).

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from rnn_lm_hf import RNNLMConfig
+from rnn_lm_hf.hub import model_task
 from rnn_lm_hf.training.scaffold import FINETUNE_DEFAULTS, ModelArguments, RunArguments, parse_script_args, start_run
 
 
@@ -143,7 +144,7 @@ def adapt_language_model(
     from rnn_lm_hf.training import train_clm  # the sibling script does the LM training; only this option needs it
 
     path = model_args.model_name_or_path
-    if path is None or "RNNLMForCausalLM" not in (RNNLMConfig.from_pretrained(path).architectures or []):
+    if path is None or model_task(path) != "causal-lm":
         raise ValueError(
             f"--lm_adaptation_epochs fine-tunes a language model, but --model_name_or_path {path} is not one: pass a "
             "causal-LM folder (train_clm.py's output), or --lm_adaptation_epochs 0"
