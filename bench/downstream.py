@@ -11,6 +11,9 @@ Initialisations (--init):
     adapted      pretrained, after ULMFiT's target-task LM fine-tuning: the LM first trains on the run's (each
                  fold's) training texts for --adaptation_epochs, then the head starts from it
 
+With --task_vocabulary (a word-level LM), every LM-based init reads the task's own word vocabulary, as `scratch`
+does; the words the LM knows start from its embedding rows (ULMFiT's vocabulary mapping).
+
 The LM-based inits share the per-benchmark `lm_flags` (a unidirectional encoder tags a word at its last
 sub-token; classifiers use ULMFiT's concat pooling), so they differ only in the initialisation and the tricks.
 
@@ -141,6 +144,8 @@ def command_for(name: str, init: str, args: argparse.Namespace, shard: int | Non
         command += ["--layerwise_lr_decay", "2.6", "--gradual_unfreezing", "true"]
     if init == "adapted":
         command += ["--lm_adaptation_epochs", str(args.adaptation_epochs)]
+    if args.task_vocabulary:
+        command += ["--task_vocabulary", "true"]
     return command + args.extra
 
 
@@ -248,6 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (on cuda they share the one GPU).")
     parser.add_argument(
         "--adaptation_epochs", type=float, default=3, help="--init adapted: epochs of LM fine-tuning on the task text."
+    )
+    parser.add_argument(
+        "--task_vocabulary",
+        action="store_true",
+        help="LM-based inits: the task's own word vocabulary, mapped onto a word-level LM's (ULMFiT); the control too.",
     )
     parser.add_argument(
         "--cv_shards",

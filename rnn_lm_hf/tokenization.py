@@ -17,6 +17,7 @@ decoded piece must carry its own leading whitespace:
 """
 
 import argparse
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -96,6 +97,18 @@ def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:
     )
     check_special_tokens(tokenizer)
     return tokenizer
+
+
+def word_tokenizer_lowercases(tokenizer: PreTrainedTokenizerFast, name: str = "the tokenizer") -> bool:
+    """Whether a word-level tokenizer of this package (`kind="word"`) lowercases; `ValueError` for any other."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    if state["model"]["type"] != "WordLevel" or (state["pre_tokenizer"] or {}).get("type") != "WhitespaceSplit":
+        raise ValueError(
+            f"{name} is not a word-level tokenizer (its model is {state['model']['type']}); a vocabulary of words "
+            "can be mapped only from a word-level LM (tokenizer_kind word); a BPE or character LM already encodes any "
+            "text: use its own tokenizer"
+        )
+    return (state["normalizer"] or {}).get("type") == "Lowercase"
 
 
 def load_tokenizer(path: str, **kwargs) -> PreTrainedTokenizerFast:

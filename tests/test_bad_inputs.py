@@ -136,6 +136,7 @@ COMMAND_ROWS = {
     "script-on-nonfinite": (lambda tmp, clf: train_sequence_classification.cli(sentiment("--on_nonfinite", "ignore", output_dir=tmp)), ["--on_nonfinite", "stop, skip", "'ignore'"]),
     "script-head-label-count": (lambda tmp, clf: train_sequence_classification.cli(["--model_name_or_path", str(clf), "--train_file", three_labels(tmp), "--output_dir", str(tmp), "--do_train", *COMMON]), ["2 labels ['neg', 'pos']", "3", "--ignore_mismatched_sizes"]),
     "script-adaptation-not-an-lm": (lambda tmp, clf: train_sequence_classification.cli(sentiment("--model_name_or_path", str(clf), "--lm_adaptation_epochs", "1", output_dir=tmp)), ["--lm_adaptation_epochs", "is not one", "causal-LM folder"]),
+    "script-task-vocabulary-without-lm": (lambda tmp, clf: train_sequence_classification.cli(sentiment("--task_vocabulary", "true", output_dir=tmp)), ["--task_vocabulary", "word-level LM", "--model_name_or_path"]),
     "script-cv-fold-indices": (lambda tmp, clf: train_sequence_classification.cli(["--train_file", str(FIXTURES / "sentiment" / "rt"), "--cv_folds", "3", "--cv_fold_indices", "3", "--output_dir", str(tmp), *COMMON]), ["--cv_fold_indices [3]", "0..k-1"]),
     "cli-unknown-command": (lambda tmp, clf: cli.main(["frobnicate"]), ["unknown command 'frobnicate'", "generate"]),
     "cli-bare-train": (lambda tmp, clf: cli.main(["train"]), ["nothing to train on", "rnn-lm demo"]),

@@ -41,6 +41,7 @@ def namespace(**overrides):
             "variant": "",
             "adaptation_epochs": 2,
             "cv_shards": 1,
+            "task_vocabulary": False,
             **overrides,
         }
     )
@@ -61,6 +62,10 @@ def test_each_init_changes_only_the_initialisation(downstream):
         "--model_name_or_path", "lm", "--layerwise_lr_decay", "2.6", "--gradual_unfreezing", "true",
     ]  # fmt: skip
     assert lm_based["adapted"][-4:] == ["--model_name_or_path", "lm", "--lm_adaptation_epochs", "2"]
+    for init, command in lm_based.items():  # a word-level LM mapped onto the task's vocabulary, control included
+        mapped = downstream.command_for("sst2", init, namespace(task_vocabulary=True))
+        assert mapped == [*command, "--task_vocabulary", "true"]
+    assert "--task_vocabulary" not in downstream.command_for("sst2", "scratch", namespace(task_vocabulary=True))
     tagger = downstream.command_for("wnut17", "pretrained", namespace(device="cuda"))
     assert tagger[tagger.index("--config_overrides") + 1] == ""  # replaces the file's BiLSTM architecture
     assert tagger[tagger.index("--label_sub_token") + 1] == "last"

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerState, TrainingArguments
+from transformers import AutoTokenizer, TrainerState, TrainingArguments
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
-from rnn_lm_hf.tokenization import word_tokenizer_from_vocab
+from rnn_lm_hf.tokenization import train_tokenizer, word_tokenizer_from_vocab
 from rnn_lm_hf.training import train_sequence_classification, train_token_classification
 from rnn_lm_hf.training.finetuning import GradualUnfreezingCallback, TransferArguments, TransferTrainer, layer_groups
-from rnn_lm_hf.training.scaffold import ModelArguments, build_model
+from rnn_lm_hf.training.scaffold import ModelArguments, build_model, get_tokenizer
 from rnn_lm_hf.training.scaffold import parse_script_args as parse_args
 
 
@@ -244,6 +244,65 @@ def test_lm_adaptation_trains_the_lm_on_each_folds_training_texts_only(lm_folder
         train_sequence_classification.main(
             [*argv, "--model_name_or_path", str(tmp_path / "fold_0"), "--output_dir", str(tmp_path / "x"), *COMMON]
         )
+
+
+def test_task_vocabulary_keeps_the_lms_rows_for_known_words_and_their_mean_for_new_ones(tmp_path):
+    """ULMFiT's vocabulary mapping: the classifier's tokenizer is the task's own (its training split, the LM's
+    lowercasing), a word the LM knows starts from its LM row, a new word from the mean of the LM's rows, and the
+    recurrent layers are the LM's; the random-weight control gets the same tokenizer."""
+    sentiment = FIXTURES / "sentiment"
+    lm_words = fixture_words()[::2] + ["wikipedia"]  # half the task's words, and one it never uses
+    lm_tokenizer = word_tokenizer_from_vocab(lm_words, lowercase=True)
+    torch.manual_seed(0)
+    config = RNNLMConfig(vocab_size=len(lm_tokenizer), hidden_size=16, embedding_size=12, num_hidden_layers=2)
+    RNNLMForCausalLM(config).save_pretrained(tmp_path / "lm")
+    lm_tokenizer.save_pretrained(tmp_path / "lm")
+    train = tmp_path / "train.tsv"  # capitalised: the task's tokenizer must lowercase as the LM's does
+    header, *lines = (sentiment / "train.tsv").read_text().splitlines(keepends=True)
+    train.write_text(header + "".join(lines).title())
+    argv = ["--train_file", str(train), "--validation_file", str(sentiment / "dev.tsv")]
+    argv += ["--task_vocabulary", "true", "--do_train", "--max_steps", "1", "--learning_rate", "0", *COMMON]
+    train_sequence_classification.main(
+        ["--model_name_or_path", str(tmp_path / "lm"), *argv, "--output_dir", str(tmp_path / "clf")]
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "clf")
+    train_texts = [line.split("\t")[0] for line in (sentiment / "train.tsv").read_text().splitlines()[1:]]
+    assert set(tokenizer.get_vocab()) == {word for text in train_texts for word in text.split()} | {
+        "<pad>",
+        "<bos>",
+        "<eos>",
+        "<unk>",
+    }
+    lm, tuned = load_file(tmp_path / "lm" / "model.safetensors"), load_file(tmp_path / "clf" / "model.safetensors")
+    lm_rows, rows, lm_vocab = lm["model.embeddings.weight"], tuned["model.embeddings.weight"], lm_tokenizer.get_vocab()
+    assert rows.shape == (len(tokenizer), 12) and "wikipedia" not in tokenizer.get_vocab()
+    assert RNNLMConfig.from_pretrained(tmp_path / "clf").vocab_size == len(tokenizer)
+    known = {token: i for token, i in tokenizer.get_vocab().items() if token in lm_vocab}
+    assert 4 < len(known) < len(tokenizer)  # the specials, some shared words, and new ones
+    for token, i in tokenizer.get_vocab().items():
+        expected = lm_rows[lm_vocab[token]] if token in known else lm_rows.mean(0)
+        torch.testing.assert_close(rows[i], expected, msg=token)
+    for name, tensor in lm.items():  # the recurrent layers are the LM's
+        if name.startswith("model.layers."):
+            assert torch.equal(tuned[name], tensor), name
+    # The control (the LM's config and tokenizer settings, random weights) reads the same vocabulary.
+    control = ["--config_name", str(tmp_path / "lm"), "--tokenizer_name", str(tmp_path / "lm")]
+    train_sequence_classification.main([*control, *argv, "--output_dir", str(tmp_path / "control")])
+    assert AutoTokenizer.from_pretrained(tmp_path / "control").get_vocab() == tokenizer.get_vocab()
+
+
+def test_task_vocabulary_needs_a_word_level_lm_without_a_character_cnn(tmp_path):
+    texts = ["a fine film", "a dull film"]
+    train_tokenizer(texts, kind="bpe", vocab_size=300).save_pretrained(tmp_path / "bpe")
+    with pytest.raises(ValueError, match="not a word-level tokenizer"):
+        get_tokenizer(ModelArguments(tokenizer_name=str(tmp_path / "bpe"), task_vocabulary=True), lambda: texts)
+    tokenizer = train_tokenizer(texts)
+    config = RNNLMConfig(vocab_size=len(tokenizer), hidden_size=8, char_cnn_filters=4, char_vocab_size=20)
+    RNNLMForCausalLM(config).save_pretrained(tmp_path / "char_cnn")
+    tokenizer.save_pretrained(tmp_path / "char_cnn")
+    args = ModelArguments(model_name_or_path=str(tmp_path / "char_cnn"), task_vocabulary=True)
+    with pytest.raises(ValueError, match="character CNN"):
+        build_model(RNNLMForSequenceClassification, args, get_tokenizer(args, lambda: texts), {0: "neg", 1: "pos"})
 
 
 def test_parse_args_json_then_flags(tmp_path):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 import transformers
 from torch import nn
 from transformers import AutoTokenizer, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerFast
@@ -25,7 +26,7 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, PreTrainedModel, 
 from rnn_lm_hf import RNNLMConfig
 from rnn_lm_hf.hub import check_model_source
 from rnn_lm_hf.modeling_rnn_lm import spelling_table
-from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer
+from rnn_lm_hf.tokenization import TOKENIZER_KINDS, train_tokenizer, word_tokenizer_lowercases
 from rnn_lm_hf.trainer import CSVLogCallback, GradientHealthCallback, TimeBudgetCallback
 
 
@@ -229,6 +230,15 @@ class ModelArguments:
         metadata={"help": "From scratch: drop rarer types. 2 gives <unk> training examples for unseen test words."},
     )
     lowercase: bool = field(default=False, metadata={"help": "From scratch: the new tokenizer lowercases its input."})
+    task_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "ULMFiT's vocabulary mapping, for a word-level LM (--model_name_or_path, or --tokenizer_name with "
+            "--config_name for its random-weight control): a new word tokenizer trained on this run's training split "
+            "(--tokenizer_vocab_size, --min_frequency, the LM's lowercasing), as from scratch; a word the LM knows "
+            "starts from its embedding row, any other from the mean of the LM's rows."
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow Hub code when loading by repo id."})
     zero_init_head: bool = field(
         default=True,
@@ -254,20 +264,30 @@ class ModelArguments:
         for option in ("model_name_or_path", "config_name", "tokenizer_name"):
             if getattr(self, option) is not None:  # a missing local folder fails now, not after Hub retries
                 check_model_source(getattr(self, option), option)
+        if self.task_vocabulary and not (self.model_name_or_path or self.tokenizer_name):
+            raise ValueError(
+                "--task_vocabulary maps a word-level LM's vocabulary onto this task's: pass the LM as "
+                "--model_name_or_path (or as --tokenizer_name with --config_name, its random-weight control), or leave "
+                "--task_vocabulary out: from scratch the vocabulary is the task's anyway"
+            )
 
 
 def get_tokenizer(model_args: ModelArguments, train_texts) -> PreTrainedTokenizerFast:
     """The tokenizer of `--tokenizer_name`/`--model_name_or_path`, or a new one trained on `train_texts` (a callable
     returning an iterable of strings, so nothing is read when a saved tokenizer is used)."""
     source = model_args.tokenizer_name or model_args.model_name_or_path
+    kind, lowercase = model_args.tokenizer_kind, model_args.lowercase
     if source:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+        if not model_args.task_vocabulary:
+            return tokenizer
+        kind, lowercase = "word", word_tokenizer_lowercases(tokenizer, source)  # the LM's word settings
     return train_tokenizer(
         train_texts(),
-        kind=model_args.tokenizer_kind,
+        kind=kind,
         vocab_size=model_args.tokenizer_vocab_size,
         min_frequency=model_args.min_frequency,
-        lowercase=model_args.lowercase,
+        lowercase=lowercase,
     )
 
 
@@ -310,7 +330,17 @@ def build_model(
         )
     if overrides:
         config.update_from_string(overrides)
-    check_tokenizer_fits(tokenizer, config, path)
+    lm_tokenizer = tokenizer
+    if model_args.task_vocabulary:  # `tokenizer` is the task's; the checkpoint's embeddings follow the LM's
+        if config.char_cnn_filters:
+            raise ValueError(
+                f"--task_vocabulary: {path} spells its tokens with a character CNN, whose spellings are fixed to its "
+                "vocabulary; fine-tune it with its own tokenizer (leave --task_vocabulary out)"
+            )
+        lm_tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name or path, trust_remote_code=model_args.trust_remote_code
+        )
+    check_tokenizer_fits(lm_tokenizer, config, path)
     if id2label:
         check_checkpoint_labels(model_class, model_args, config, id2label, path)
     config.update({**labels, **(config_updates or {})})
@@ -326,6 +356,14 @@ def build_model(
         for name in info["missing_keys"]:
             if name.rpartition(".")[0] in outputs:
                 nn.init.zeros_(parameters[name])
+    if lm_tokenizer is not tokenizer:
+        shared = map_vocabulary(model, lm_tokenizer.get_vocab(), tokenizer.get_vocab())
+        logger.info(
+            "Task vocabulary: %d of its %d tokens start from %s's embeddings, the rest from their mean",
+            shared,
+            len(tokenizer),
+            path,
+        )
     # transformers already warns "newly initialized"; this one line says what was transferred.
     loaded = sum(1 for name, _ in model.named_parameters() if name not in info["missing_keys"])
     logger.info(
@@ -336,6 +374,20 @@ def build_model(
         sorted(info["unexpected_keys"]) or "none",
     )
     return model
+
+
+def map_vocabulary(model: PreTrainedModel, old_vocab: dict[str, int], new_vocab: dict[str, int]) -> int:
+    """ULMFiT's vocabulary mapping (fastai's `convert_weights`): the input embeddings resized from `old_vocab` to
+    `new_vocab` (token -> id, ids 0..n-1); a token in both keeps its row, any other starts from the mean of the old
+    rows, which is what the model has learnt an ordinary word looks like. Returns the number of shared tokens."""
+    embeddings = model.get_input_embeddings().weight.detach()
+    rows = embeddings.mean(0).expand(len(new_vocab), -1).clone()
+    shared = {new_id: old_vocab[token] for token, new_id in new_vocab.items() if token in old_vocab}
+    rows[list(shared)] = embeddings[list(shared.values())]
+    model.resize_token_embeddings(len(new_vocab), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(rows)
+    return len(shared)
 
 
 def check_tokenizer_fits(tokenizer: PreTrainedTokenizerFast, config: RNNLMConfig, path: str) -> None:
