@@ -272,16 +272,21 @@ class ModelArguments:
             )
 
 
+def saved_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerFast | None:
+    """The tokenizer of `--tokenizer_name`, else of `--model_name_or_path`; None when neither is given."""
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code) if source else None
+
+
 def get_tokenizer(model_args: ModelArguments, train_texts) -> PreTrainedTokenizerFast:
     """The tokenizer of `--tokenizer_name`/`--model_name_or_path`, or a new one trained on `train_texts` (a callable
     returning an iterable of strings, so nothing is read when a saved tokenizer is used)."""
-    source = model_args.tokenizer_name or model_args.model_name_or_path
+    tokenizer = saved_tokenizer(model_args)
     kind, lowercase = model_args.tokenizer_kind, model_args.lowercase
-    if source:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
+    if tokenizer is not None:
         if not model_args.task_vocabulary:
             return tokenizer
-        kind, lowercase = "word", word_tokenizer_lowercases(tokenizer, source)  # the LM's word settings
+        kind, lowercase = "word", word_tokenizer_lowercases(tokenizer, tokenizer.name_or_path)  # the LM's settings
     return train_tokenizer(
         train_texts(),
         kind=kind,
@@ -337,9 +342,7 @@ def build_model(
                 f"--task_vocabulary: {path} spells its tokens with a character CNN, whose spellings are fixed to its "
                 "vocabulary; fine-tune it with its own tokenizer (leave --task_vocabulary out)"
             )
-        lm_tokenizer = AutoTokenizer.from_pretrained(
-            model_args.tokenizer_name or path, trust_remote_code=model_args.trust_remote_code
-        )
+        lm_tokenizer = saved_tokenizer(model_args)
     check_tokenizer_fits(lm_tokenizer, config, path)
     if id2label:
         check_checkpoint_labels(model_class, model_args, config, id2label, path)
