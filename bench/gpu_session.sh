@@ -18,7 +18,9 @@
 #      stopped and reported as unfinished, never as results.
 # Issue 13's bidirectional LM: LM_CONFIG=training/configs/wikitext2_bilm_gpu.json VARIANT=bilm, OVERRIDES (e.g.
 # layer_mix=true) for every downstream run and TAGGER_OVERRIDES (use_crf=true) for the taggers'; SMOKE_LM_OVERRIDES
-# replaces the dry run's tiny LM architecture.
+# replaces the dry run's tiny LM architecture. A word-level biLM (LM_CONFIG=training/configs/wikitext2_word_bilm_gpu.json
+# VARIANT=word-bilm) is meant for the classifiers: TASK_VOCABULARY=1 maps it onto each task's own word vocabulary
+# (bench/downstream.py --task_vocabulary), BENCHMARKS="sst2 rt_polarity" leaves out the taggers.
 # A bare machine gets the data and the missing wheels from .gpu/ (bench/gpu_bundle.sh); results land in $OUT.
 set -u
 OUT=${OUT:-runs/gpu_session}
@@ -31,6 +33,8 @@ OVERRIDES=${OVERRIDES:-}
 TAGGER_OVERRIDES=${TAGGER_OVERRIDES:-}
 INITS=${INITS:-scratch-lm pretrained}
 CV_SHARDS=${CV_SHARDS:-1}
+BENCHMARKS=${BENCHMARKS:-ud_ewt_upos wnut17 sst2 rt_polarity}
+TASK_VOCABULARY=${TASK_VOCABULARY:-0}
 SMOKE_LM_OVERRIDES=${SMOKE_LM_OVERRIDES:-cell_type=lstm,embedding_size=16,hidden_size=24,num_hidden_layers=2,dropout=0.3}
 PY=${PYTHON:-python3}
 START=$(date +%s)
@@ -75,6 +79,7 @@ else
   SPEED_FLAGS=(--device cuda --sizes full --bf16 --repeats 5)
   ISSUE14_FLAGS=(--device cuda --sizes full --repeats 3 --new-tokens 64)
 fi
+[ "$TASK_VOCABULARY" = 1 ] && DOWNSTREAM_FLAGS+=(--task_vocabulary)
 
 log "stage 0: CUDA tests"
 timeout 120 $PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > $LOGS/test_gpu.log 2>&1
@@ -117,9 +122,9 @@ tar -cf "$OUT/lm.tar" --exclude='checkpoint-*' runs/gpu_lm  # ~13 MB for the 2x2
 
 if [ -f $LM/model.safetensors ]; then
   log "stage 3: downstream rows ($(left) s left)"
-  # shellcheck disable=SC2086  # INITS is a list of words
+  # shellcheck disable=SC2086  # INITS and BENCHMARKS are lists of words
   $PY bench/downstream.py --device $DEVICE --jobs "$JOBS" --pretrained_lm $LM --init $INITS --cv_shards "$CV_SHARDS" \
-    --only ud_ewt_upos wnut17 sst2 rt_polarity --deadline_minutes "$(minutes_left_but 20)" \
+    --only $BENCHMARKS --deadline_minutes "$(minutes_left_but 20)" \
     --variant "$VARIANT" --overrides "$OVERRIDES" --tagger_overrides "$TAGGER_OVERRIDES" \
     --results "$OUT/downstream.json" --runs_dir runs/gpu_downstream "${DOWNSTREAM_FLAGS[@]}" "${RUN_FLAGS[@]}" \
     > $LOGS/downstream.log 2>&1
