@@ -359,7 +359,7 @@ def build_model(
         for name in info["missing_keys"]:
             if name.rpartition(".")[0] in outputs:
                 nn.init.zeros_(parameters[name])
-    if lm_tokenizer is not tokenizer:
+    if model_args.task_vocabulary:
         shared = map_vocabulary(model, lm_tokenizer.get_vocab(), tokenizer.get_vocab())
         logger.info(
             "Task vocabulary: %d of its %d tokens start from %s's embeddings, the rest from their mean",
