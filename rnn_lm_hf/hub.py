@@ -20,6 +20,7 @@ from typing import Any
 
 import huggingface_hub
 from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import validate_repo_id
 
 from .configuration_rnn_lm import RNNLMConfig
@@ -72,7 +73,8 @@ def check_model_source(source: str, option: str | None = "model_name_or_path") -
     A missing folder would otherwise reach `from_pretrained` and end in "Repo id must be in the form ..." or, for a
     mistyped relative path such as `runs/lm_wikitxt2` (which has the shape of `org/name`), in half a minute of Hub
     retries. A path counts as local when it starts with `.`, `/` or `~`, has more than one `/`, is no valid repo id,
-    or its first part is a folder here (`runs/`).
+    or its first part is a folder here (`runs/`). With `HF_HUB_OFFLINE` set, a repo id must be in the Hub cache: a
+    recipe that continues `runs/lm` on a clone that never trained it fails here, not in "couldn't connect".
     """
     if Path(source).expanduser().exists():
         return source
@@ -83,9 +85,16 @@ def check_model_source(source: str, option: str | None = "model_name_or_path") -
         or not REPO_ID_PATTERN.match(source)
         or ("/" in source and Path(first).is_dir())
     )
-    if local:
+    cache = Path(huggingface_hub.constants.HF_HUB_CACHE)
+    offline_uncached = (
+        not local
+        and huggingface_hub.constants.HF_HUB_OFFLINE
+        and not (cache / repo_folder_name(repo_id=source, repo_type="model")).is_dir()
+    )
+    if local or offline_uncached:
+        hub = ", and HF_HUB_OFFLINE is set with no Hub repo of that id cached" if offline_uncached else ""
         raise FileNotFoundError(
-            f"{f'--{option} ' if option else ''}{source}: no such model folder (relative to {Path.cwd()}); pass a "
+            f"{f'--{option} ' if option else ''}{source}: no such model folder (relative to {Path.cwd()}){hub}; pass a "
             "folder written by a training script or save_pretrained, or a Hub repo id such as org/name"
         )
     return source

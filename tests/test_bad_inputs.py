@@ -4,7 +4,9 @@ and the fix. Python edges raise; the scripts and the CLI exit with status 2 and 
 import re
 import sys
 from pathlib import Path
+from unittest import mock
 
+import huggingface_hub
 import pytest
 import torch
 
@@ -26,6 +28,12 @@ IDS = torch.tensor([[4, 5, 6, 7, 8], [8, 7, 6, 5, 4]])  # (batch 2, seq_len 5)
 
 def config(**overrides) -> RNNLMConfig:
     return RNNLMConfig(**{"vocab_size": 20, "hidden_size": 8, "num_labels": 3, **overrides})
+
+
+def offline(tmp, call, *args):
+    """`call(*args)` with the Hub offline and an empty cache in `tmp`, as on a fresh clone without network."""
+    with mock.patch.multiple(huggingface_hub.constants, HF_HUB_OFFLINE=True, HF_HUB_CACHE=str(tmp)):
+        return call(*args)
 
 
 def lm() -> RNNLMForCausalLM:
@@ -82,6 +90,7 @@ API_ROWS = {
     "data-unknown-class": (lambda tmp: read_classification_file(write(tmp / "d.tsv", "sentence\tlabel\nfine\tmaybe\n"), label_names=["neg", "pos"]), DataError, ["d.tsv:2", "'maybe'", "--label_values"]),
     # ----- Hub loading -----
     "hub-missing-folder": (lambda tmp: check_model_source("./runs/lm_wikitxt2"), FileNotFoundError, ["./runs/lm_wikitxt2", "no such model folder", "org/name"]),
+    "hub-offline-uncached": (lambda tmp: offline(tmp, check_model_source, "lms/word_bilm"), FileNotFoundError, ["lms/word_bilm", "no such model folder", "HF_HUB_OFFLINE is set with no Hub repo of that id cached"]),
 }  # fmt: skip
 
 

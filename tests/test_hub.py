@@ -473,3 +473,19 @@ def test_card_without_run_info_or_results_names_the_fix(model_dir, capsys):
     assert main(["card", str(model_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no evaluation metrics" in err and "save_metrics" in err
+
+
+def test_offline_a_repo_id_passes_only_when_the_hub_cache_holds_it(tmp_path, monkeypatch):
+    """Offline, `from_pretrained` can load a repo id from the cache and from nowhere else, so the early check lets a
+    cached id through and stops an uncached one (bad_inputs row `hub-offline-uncached`)."""
+    from rnn_lm_hf.hub import check_model_source
+
+    monkeypatch.chdir(tmp_path)  # no folder named like the id here
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        check_model_source("org/rnn-lm")
+    (tmp_path / "hub" / "models--org--rnn-lm").mkdir(parents=True)
+    assert check_model_source("org/rnn-lm") == "org/rnn-lm"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # online, the Hub itself answers
+    assert check_model_source("org/other") == "org/other"
