@@ -100,6 +100,10 @@ class RNNLMConfig(PretrainedConfig):
             features (the layer mix, Flair's word features) and is trained for the task, so a frozen pretrained
             encoder (`--freeze_encoder`) still gets a task-specific contextual layer. 0: none, the output layer reads
             the encoder's features.
+        head_embedding_size (`int`, *optional*, defaults to 0):
+            ELMo's `[x_k; ELMo_k]` (Peters et al. 2018, 3.3): the head RNN also reads every token through embeddings
+            of its own, this wide, learnt for the task from scratch, so a frozen pretrained encoder's features add to a
+            task model's word representation instead of replacing it. Needs `head_rnn_size`. 0: none.
         classifier_pooling (`str`, *optional*, defaults to `"last"`):
             How the sequence head summarises a sentence: `"last"` (state at the last real token; with
             `bidirectional`, concatenated with the backward state at the first real token), `"mean"` or `"max"` over
@@ -189,6 +193,7 @@ class RNNLMConfig(PretrainedConfig):
         char_vocab_size: int = 0,
         layer_mix: bool = False,
         head_rnn_size: int = 0,
+        head_embedding_size: int = 0,
         word_separator_id: int | None = None,
         use_crf: bool = False,
         crf_scheme: str | None = None,
@@ -226,6 +231,7 @@ class RNNLMConfig(PretrainedConfig):
         self.char_vocab_size = char_vocab_size
         self.layer_mix = layer_mix
         self.head_rnn_size = head_rnn_size
+        self.head_embedding_size = head_embedding_size
         self.word_separator_id = word_separator_id
         self.use_crf = use_crf
         self.crf_scheme = crf_scheme
@@ -253,7 +259,7 @@ class RNNLMConfig(PretrainedConfig):
         _check_choice("cell_type", self.cell_type, CELL_TYPES)
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
-        for name in ("char_cnn_filters", "char_vocab_size", "head_rnn_size"):
+        for name in ("char_cnn_filters", "char_vocab_size", "head_rnn_size", "head_embedding_size"):
             _check_positive_int(name, getattr(self, name), minimum=0)
         if self.char_cnn_filters:
             _check_positive_int("char_embedding_size", self.char_embedding_size)
@@ -267,6 +273,11 @@ class RNNLMConfig(PretrainedConfig):
             raise ValueError(
                 f"`layer_mix=True` mixes equally wide layers, but hidden_sizes is {self.hidden_sizes}: use one size "
                 "for every layer, or layer_mix=False."
+            )
+        if self.head_embedding_size and not self.head_rnn_size:
+            raise ValueError(
+                f"`head_embedding_size={self.head_embedding_size}` gives the head RNN its own token embeddings, but "
+                "there is no head RNN: set head_rnn_size as well (e.g. 128), or head_embedding_size=0."
             )
         if self.word_separator_id is not None and not self.bidirectional:
             raise ValueError(

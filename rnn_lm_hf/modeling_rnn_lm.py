@@ -359,6 +359,16 @@ class RNNLMPreTrainedModel(PreTrainedModel):
                     hidden = module.hidden_size
                     init.constant_(param[hidden : 2 * hidden], 1.0)
 
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        # The head RNN's own embeddings (`head_embedding_size`) read the same token ids: they follow the vocabulary.
+        head_rnn = getattr(self, "head_rnn", None)
+        if head_rnn is not None and head_rnn.embeddings is not None:
+            head_rnn.embeddings = self._get_resized_embeddings(
+                head_rnn.embeddings, embeddings.num_embeddings, mean_resizing=mean_resizing
+            )
+        return embeddings
+
     def save_pretrained(self, *args, **kwargs):
         # transformers writes only the saved class into `auto_map`; write them all so the folder loads through
         # every Auto class as Hub code. Entries already there (e.g. "org/repo--module.Class") win.
@@ -838,17 +848,29 @@ class RNNLMLayerMix(nn.Module):
 
 class RNNLMHeadRNN(nn.Module):
     """ELMo's and Flair's task model (`head_rnn_size`): a one-layer BiLSTM over the encoder's features, trained for
-    the task. Padding never enters it: padded rows are packed, as in the encoder."""
+    the task, with `head_embedding_size` also over its own token embeddings (ELMo's `[x_k; ELMo_k]`). Padding never
+    enters it: padded rows are packed, as in the encoder."""
 
     def __init__(self, config: RNNLMConfig):
         super().__init__()
-        self.rnn = nn.LSTM(config.output_size, config.head_rnn_size, batch_first=True, bidirectional=True)
+        size = config.head_embedding_size
+        self.embeddings = nn.Embedding(config.vocab_size, size) if size else None
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.rnn = nn.LSTM(config.output_size + size, config.head_rnn_size, batch_first=True, bidirectional=True)
 
     def forward(
-        self, features: torch.Tensor, attention_mask: torch.Tensor | None
+        self, features: torch.Tensor, attention_mask: torch.Tensor | None, input_ids: torch.LongTensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The outputs (batch, seq_len, 2 * head_rnn_size), zeros at padding, and each row's final h of both
         directions (forward after its last real token, backward after its first), (batch, 2 * head_rnn_size)."""
+        if self.embeddings is not None:
+            if input_ids is None:
+                raise ValueError(
+                    "`head_embedding_size` gives the head RNN its own token embeddings, which read `input_ids`: pass "
+                    "input_ids, not inputs_embeds."
+                )
+            tokens = self.dropout(self.embeddings(input_ids[:, -features.shape[1] :]))
+            features = torch.cat([features, tokens], -1)  # (batch, seq_len, output_size + head_embedding_size)
         if attention_mask is None or bool(attention_mask.all()):
             outputs, (last, _) = self.rnn(features)
             return outputs, last.transpose(0, 1).flatten(1)
@@ -1037,7 +1059,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         if self.config.word_separator_id is not None:
             features = self.word_features(features, input_ids, attention_mask)
         if self.head_rnn is not None:
-            features, _ = self.head_rnn(self.dropout(features), attention_mask)
+            features, _ = self.head_rnn(self.dropout(features), attention_mask, input_ids)
         logits = self.classifier(self.dropout(features))  # (batch, seq_len, num_labels)
         loss = None
         if labels is not None:
@@ -1069,7 +1091,9 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         self.score = nn.Linear(config.pooled_size, config.num_labels)
         self.post_init()
 
-    def pool(self, outputs: RNNLMModelOutput, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def pool(
+        self, outputs: RNNLMModelOutput, attention_mask: torch.Tensor | None, input_ids: torch.LongTensor | None = None
+    ) -> torch.Tensor:
         """The `classifier_pooling` summary, (batch, pooled_size); padding never enters it."""
         pooling = self.config.classifier_pooling
         # ULMFiT's concat pooling (Howard & Ruder 2018, 3.3) reads [h_T, maxpool(H), meanpool(H)].
@@ -1078,7 +1102,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         # (batch, seq_len, head_feature_size), zeros at padding
         hidden_states = mix(outputs.hidden_states[1:]) if mix else outputs.last_hidden_state
         if self.head_rnn is not None:
-            hidden_states, head_last = self.head_rnn(self.dropout(hidden_states), attention_mask)
+            hidden_states, head_last = self.head_rnn(self.dropout(hidden_states), attention_mask, input_ids)
         if names != ("last",):
             if attention_mask is None:
                 attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
@@ -1126,7 +1150,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
             output_final_states=True,
             return_dict=True,
         )
-        logits = self.score(self.dropout(self.pool(outputs, attention_mask)))  # (batch, num_labels)
+        logits = self.score(self.dropout(self.pool(outputs, attention_mask, input_ids)))  # (batch, num_labels)
         loss = None
         if labels is not None:
             if self.config.problem_type in (None, "single_label_classification") and not labels.is_floating_point():

@@ -141,13 +141,18 @@ def test_layer_mix_is_a_learned_average_of_the_layers(head):
         RNNLMConfig(num_hidden_layers=2, hidden_sizes=[8, 4], layer_mix=True)
 
 
+@pytest.mark.parametrize("head_embedding_size", [0, 3])
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("head", [RNNLMForTokenClassification, RNNLMForSequenceClassification])
-def test_head_rnn_reads_the_layer_mix_and_ignores_padding(head, padding):
+def test_head_rnn_reads_the_layer_mix_and_ignores_padding(head, padding, head_embedding_size):
+    """The head BiLSTM reads the layer mix, and with `head_embedding_size` ELMo's `[x_k; ELMo_k]`: the mix beside
+    the head's own embedding of each token."""
     torch.manual_seed(0)
     config = bilm_config(layer_mix=True, head_rnn_size=4, num_labels=3, classifier_pooling="concat")
+    config.head_embedding_size = head_embedding_size
     model = head(config).eval()
     assert model.config.head_feature_size == 8 and model.config.pooled_size == 24
+    assert model.head_rnn.rnn.input_size == config.output_size + head_embedding_size
     ids, mask = torch.randint(3, 30, (2, 8)), PADDINGS[padding]
     real = mask[1].bool()
     with torch.no_grad():
@@ -155,6 +160,8 @@ def test_head_rnn_reads_the_layer_mix_and_ignores_padding(head, padding):
         alone = model(ids[1:, real]).logits  # the padded row, without its padding
         # By hand: the head BiLSTM over the layer mix, then the output layer (sequences: last ‖ max ‖ mean).
         mixed = model.layer_mix(model.model(ids[1:, real], output_hidden_states=True).hidden_states[1:])
+        if head_embedding_size:
+            mixed = torch.cat([mixed, model.head_rnn.embeddings(ids[1:, real])], -1)
         outputs, (h, _) = model.head_rnn.rnn(mixed)
         if head is RNNLMForTokenClassification:
             expected = model.classifier(outputs)
@@ -165,6 +172,24 @@ def test_head_rnn_reads_the_layer_mix_and_ignores_padding(head, padding):
     torch.testing.assert_close(logits[1, real] if logits.dim() == 3 else logits[1], alone[0])
     with pytest.raises(ValueError, match="head_rnn_size"):
         RNNLMConfig(head_rnn_size=-1)
+    if head_embedding_size:
+        with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):
+            model(inputs_embeds=model.model.embed(ids))
+
+
+def test_head_embeddings_need_a_head_rnn_and_follow_a_resized_vocabulary(tmp_path):
+    with pytest.raises(ValueError, match="no head RNN: set head_rnn_size"):
+        RNNLMConfig(head_embedding_size=3)
+    torch.manual_seed(0)
+    model = RNNLMForSequenceClassification(bilm_config(head_rnn_size=4, head_embedding_size=3, num_labels=2))
+    old_rows = model.head_rnn.embeddings.weight.detach().clone()
+    model.resize_token_embeddings(40, mean_resizing=False)  # as ULMFiT's vocabulary mapping does (--task_vocabulary)
+    rows = model.head_rnn.embeddings.weight
+    assert rows.shape == (40, 3) and model.config.vocab_size == 40 and rows.requires_grad
+    torch.testing.assert_close(rows[:30], old_rows)
+    model.save_pretrained(tmp_path)
+    loaded = RNNLMForSequenceClassification.from_pretrained(tmp_path)
+    assert all(torch.equal(tensor, loaded.state_dict()[name]) for name, tensor in model.state_dict().items())
 
 
 def test_training_script_reports_a_perplexity_per_direction(tmp_path, corpus):

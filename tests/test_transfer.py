@@ -190,10 +190,18 @@ def test_layer_groups_put_the_backward_lm_with_its_layer_and_the_char_cnn_with_t
 
 
 def test_freeze_encoder_trains_only_the_head(lm_folder, tmp_path):
-    """ELMo's feature-based use: the LM's weights come out of training unchanged, the head RNN and output layer not."""
+    """ELMo's feature-based use: the LM's weights come out of training unchanged; the head RNN, its own token
+    embeddings (ELMo's `[x_k; ELMo_k]`) and the output layer do not."""
     sentiment = FIXTURES / "sentiment"
     argv = ["--model_name_or_path", str(lm_folder), "--train_file", str(sentiment / "train.tsv"), "--do_train"]
-    argv += ["--max_steps", "3", "--freeze_encoder", "true", "--config_overrides", "head_rnn_size=5"]
+    argv += [
+        "--max_steps",
+        "3",
+        "--freeze_encoder",
+        "true",
+        "--config_overrides",
+        "head_rnn_size=5,head_embedding_size=4",
+    ]
     tuned = {}
     for learning_rate in ("0", "0.05"):  # the same seed: at 0, the weights the head started from
         output_dir = tmp_path / learning_rate
@@ -204,9 +212,10 @@ def test_freeze_encoder_trains_only_the_head(lm_folder, tmp_path):
     lm, start, trained = load_file(lm_folder / "model.safetensors"), tuned["0"], tuned["0.05"]
     encoder = [name for name in trained if name.startswith("model.")]
     assert encoder and all(torch.equal(trained[name], lm[name]) for name in encoder)
-    for name in ("head_rnn.rnn.weight_ih_l0", "head_rnn.rnn.weight_hh_l0_reverse", "score.weight"):
+    for name in ("head_rnn.embeddings.weight", "head_rnn.rnn.weight_ih_l0", "head_rnn.rnn.weight_hh_l0_reverse"):
         assert not torch.equal(trained[name], start[name]), name
-    assert trained["head_rnn.rnn.weight_ih_l0"].shape == (4 * 5, 16)  # reads the LM's 16 features
+    assert not torch.equal(trained["score.weight"], start["score.weight"])
+    assert trained["head_rnn.rnn.weight_ih_l0"].shape == (4 * 5, 16 + 4)  # the LM's 16 features, 4 of its own
     with pytest.raises(ValueError, match="pick one"):
         TransferArguments(freeze_encoder=True, gradual_unfreezing=True)
 
