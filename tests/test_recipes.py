@@ -83,3 +83,45 @@ def test_tagger_recipe_parses_and_builds(name, shared_data, monkeypatch):
         config.word_separator_id = 4
     model = RNNLMForTokenClassification(config)
     assert (model.crf is not None) == config.use_crf
+
+
+def test_elmo_recipe_is_the_bilstm_recipe_plus_the_frozen_word_bilm(monkeypatch):
+    """rt_polarity_elmo.json is the from-scratch BiLSTM's recipe with ELMo's features added (Peters et al. 2018):
+    the same data and training settings, a head BiLSTM with the BiLSTM's sizes, dropout and pooling over its own
+    word embeddings and the frozen word biLM's layer mix; the LM is what wikitext2_word_bilm.json trains."""
+    from transformers import TrainingArguments
+
+    from rnn_lm_hf.training import train_sequence_classification
+    from rnn_lm_hf.training.finetuning import TransferArguments
+    from rnn_lm_hf.training.scaffold import ModelArguments, RunArguments, parse_script_args
+
+    elmo, bilstm, lm = (
+        json.loads((CONFIGS / name).read_text())
+        for name in ("rt_polarity_elmo.json", "rt_polarity_bilstm.json", "wikitext2_word_bilm.json")
+    )
+    own = {
+        "model_name_or_path",
+        "task_vocabulary",
+        "freeze_encoder",
+        "config_overrides",
+        "output_dir",
+        "tokenizer_kind",
+    }
+    assert {k: v for k, v in elmo.items() if k not in own} == {k: v for k, v in bilstm.items() if k not in own}
+    scratch, head = RNNLMConfig(), RNNLMConfig()
+    scratch.update_from_string(bilstm["config_overrides"])
+    head.update_from_string(elmo["config_overrides"])
+    assert (head.head_rnn_size, head.head_embedding_size) == (scratch.hidden_size, scratch.input_size)
+    assert (head.classifier_pooling, head.head_dropout) == (scratch.classifier_pooling, scratch.dropout)
+    assert head.layer_mix and elmo["model_name_or_path"] == lm["output_dir"]
+
+    monkeypatch.chdir(CONFIGS.parents[1])
+    types = (
+        ModelArguments,
+        train_sequence_classification.DataArguments,
+        TransferArguments,
+        TrainingArguments,
+        RunArguments,
+    )
+    model_args, _, transfer_args, *_ = parse_script_args(types, [str(CONFIGS / "rt_polarity_elmo.json")])
+    assert model_args.task_vocabulary and transfer_args.freeze_encoder and model_args.min_frequency == 2
