@@ -65,6 +65,7 @@ API_ROWS = {
     "config-override-value": (lambda tmp: RNNLMConfig().update_from_string("hidden_size=big"), ValueError, ["hidden_size", "big"]),
     "config-override-field": (lambda tmp: RNNLMConfig().update_from_string("hiden_size=3"), ValueError, ["hiden_size", "hidden_size=256"]),
     "config-bidirectional-lm": (lambda tmp: RNNLMForCausalLM(config(bidirectional=True)), ValueError, ["bidirectional=True", "RNNLMForCausalLM", "RNNLMForTokenClassification"]),
+    "config-head-embeddings": (lambda tmp: RNNLMConfig(head_embedding_size=128), ValueError, ["head_embedding_size=128", "no head RNN", "head_rnn_size"]),
     # ----- each head's forward -----
     "forward-inputs-twice": (lambda tmp: lm()(input_ids=IDS, inputs_embeds=torch.zeros(2, 5, 8)), ValueError, ["input_ids", "inputs_embeds", "exactly one"]),
     "forward-token-id": (lambda tmp: lm()(torch.tensor([[3, 25]])), ValueError, ["token id 25", "[0, 20)", "resize_token_embeddings"]),
