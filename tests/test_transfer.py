@@ -194,14 +194,8 @@ def test_freeze_encoder_trains_only_the_head(lm_folder, tmp_path):
     embeddings (ELMo's `[x_k; ELMo_k]`) and the output layer do not."""
     sentiment = FIXTURES / "sentiment"
     argv = ["--model_name_or_path", str(lm_folder), "--train_file", str(sentiment / "train.tsv"), "--do_train"]
-    argv += [
-        "--max_steps",
-        "3",
-        "--freeze_encoder",
-        "true",
-        "--config_overrides",
-        "head_rnn_size=5,head_embedding_size=4",
-    ]
+    argv += ["--max_steps", "3", "--freeze_encoder", "true"]
+    argv += ["--config_overrides", "head_rnn_size=5,head_embedding_size=4"]
     tuned = {}
     for learning_rate in ("0", "0.05"):  # the same seed: at 0, the weights the head started from
         output_dir = tmp_path / learning_rate
