@@ -60,22 +60,12 @@ TAGGER_RECIPES = sorted(
 def test_tagger_recipe_parses_and_builds(name, shared_data, monkeypatch):
     """Every tagger recipe (BiLSTM, with a CRF, character-level with Flair's word features) parses with the script's
     own arguments and builds its head with the labels of its data."""
-    from transformers import TrainingArguments
-
     from rnn_lm_hf import RNNLMForTokenClassification
     from rnn_lm_hf.training import train_token_classification
-    from rnn_lm_hf.training.finetuning import TransferArguments
-    from rnn_lm_hf.training.scaffold import ModelArguments, RunArguments, parse_script_args
+    from rnn_lm_hf.training.finetuning import parse_finetuning_args
 
     monkeypatch.chdir(CONFIGS.parents[1])  # the recipes name ../shared/data relative to the repository
-    types = (
-        ModelArguments,
-        train_token_classification.DataArguments,
-        TransferArguments,
-        TrainingArguments,
-        RunArguments,
-    )
-    model_args, data_args, *_ = parse_script_args(types, [str(CONFIGS / name)])
+    model_args, data_args, *_ = parse_finetuning_args(train_token_classification.DataArguments, [str(CONFIGS / name)])
     config = RNNLMConfig(vocab_size=100, id2label={0: "O", 1: "B-X", 2: "I-X"})
     config.update_from_string(model_args.config_overrides)
     if data_args.flair_word_features:
@@ -89,11 +79,8 @@ def test_elmo_recipe_is_the_bilstm_recipe_plus_the_frozen_word_bilm(monkeypatch,
     """rt_polarity_elmo.json is the from-scratch BiLSTM's recipe with ELMo's features added (Peters et al. 2018):
     the same data and training settings, a head BiLSTM with the BiLSTM's sizes, dropout and pooling over its own
     word embeddings and the frozen word biLM's layer mix; the LM is what wikitext2_word_bilm.json trains."""
-    from transformers import TrainingArguments
-
     from rnn_lm_hf.training import train_sequence_classification
-    from rnn_lm_hf.training.finetuning import TransferArguments
-    from rnn_lm_hf.training.scaffold import ModelArguments, RunArguments, parse_script_args
+    from rnn_lm_hf.training.finetuning import parse_finetuning_args
 
     elmo, bilstm, lm = (
         json.loads((CONFIGS / name).read_text())
@@ -116,14 +103,7 @@ def test_elmo_recipe_is_the_bilstm_recipe_plus_the_frozen_word_bilm(monkeypatch,
     assert head.layer_mix and elmo["model_name_or_path"] == lm["output_dir"]
 
     monkeypatch.chdir(CONFIGS.parents[1])
-    types = (
-        ModelArguments,
-        train_sequence_classification.DataArguments,
-        TransferArguments,
-        TrainingArguments,
-        RunArguments,
-    )
     # The word biLM is trained by its own recipe (a clone has none): a folder stands in for it.
     argv = [str(CONFIGS / "rt_polarity_elmo.json"), "--model_name_or_path", str(tmp_path)]
-    model_args, _, transfer_args, *_ = parse_script_args(types, argv)
+    model_args, _, transfer_args, *_ = parse_finetuning_args(train_sequence_classification.DataArguments, argv)
     assert model_args.task_vocabulary and transfer_args.freeze_encoder and model_args.min_frequency == 2

@@ -122,11 +122,17 @@ class TransferArguments:
             raise ValueError(f"--layerwise_lr_decay must be > 0 (ULMFiT: 2.6), got {self.layerwise_lr_decay}")
 
 
-def start_finetuning(data_arguments: type, argv: list[str] | None) -> tuple:
-    """The tagger and classifier scripts' start: (model, data, transfer, training, run) arguments parsed with
-    `FINETUNE_DEFAULTS`, then `scaffold.start_run`; the last item is whether to push to the Hub."""
+def parse_finetuning_args(data_arguments: type, argv: list[str] | None) -> tuple:
+    """The tagger and classifier scripts' (model, data, transfer, training, run) arguments, parsed with
+    `FINETUNE_DEFAULTS` from `argv` (a recipe file first, then flags)."""
     dataclass_types = (ModelArguments, data_arguments, TransferArguments, TrainingArguments, RunArguments)
-    arguments = parse_script_args(dataclass_types, argv, FINETUNE_DEFAULTS)
+    return parse_script_args(dataclass_types, argv, FINETUNE_DEFAULTS)
+
+
+def start_finetuning(data_arguments: type, argv: list[str] | None) -> tuple:
+    """The tagger and classifier scripts' start: `parse_finetuning_args`, then `scaffold.start_run`; the last item
+    is whether to push to the Hub."""
+    arguments = parse_finetuning_args(data_arguments, argv)
     return (*arguments, start_run(arguments[3], arguments[4]))
 
 
