@@ -1,5 +1,7 @@
 """RNN-LM model configuration: the single source of truth for the architecture."""
 
+import difflib
+
 from transformers import PretrainedConfig
 
 
@@ -328,8 +330,10 @@ class RNNLMConfig(PretrainedConfig):
         for key, value in self.parse_overrides(update_str).items():
             item = f"{key}={value}"
             if not hasattr(self, key):
+                close = difflib.get_close_matches(key, self.to_dict(), n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
                 raise ValueError(
-                    f"config override {item!r}: expected key=value with a field of RNNLMConfig, "
+                    f"config override {item!r}: {hint}expected key=value with a field of RNNLMConfig, "
                     "e.g. 'hidden_size=256,cell_type=gru'."
                 )
             current = getattr(self, key)

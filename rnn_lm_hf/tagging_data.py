@@ -143,6 +143,12 @@ def read_conll(
             )
         if not columns[token_column]:
             raise DataError(f"{path}:{lineno}: empty token (line starts with a tab)")
+        if " " in columns[token_column].strip(_ASCII_SPACE):  # e.g. 'a dull , tedious mess<TAB>0'
+            raise DataError(
+                f"{path}:{lineno}: the token {columns[token_column].strip(_ASCII_SPACE)[:40]!r} holds spaces, so this "
+                "is not a tagging file (one 'token<TAB>tag' line per token, a blank line between sentences); a "
+                "'text<TAB>label' file is for rnn-lm train-classifier"
+            )
         tokens.append(columns[token_column])
         if tag_column is not None:
             tags.append(check(columns[tag_column], f"{path}:{lineno}"))

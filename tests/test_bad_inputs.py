@@ -63,7 +63,7 @@ API_ROWS = {
     "config-pooling": (lambda tmp: RNNLMConfig(classifier_pooling="avg"), ValueError, ["classifier_pooling", "'avg'", "'mean'"]),
     "config-hidden-size": (lambda tmp: RNNLMConfig(hidden_size=0), ValueError, ["hidden_size", "positive int", "0"]),
     "config-override-value": (lambda tmp: RNNLMConfig().update_from_string("hidden_size=big"), ValueError, ["hidden_size", "big"]),
-    "config-override-field": (lambda tmp: RNNLMConfig().update_from_string("hiden_size=3"), ValueError, ["hiden_size", "hidden_size=256"]),
+    "config-override-field": (lambda tmp: RNNLMConfig().update_from_string("hiden_size=3"), ValueError, ["hiden_size", "did you mean hidden_size?", "hidden_size=256"]),
     "config-bidirectional-lm": (lambda tmp: RNNLMForCausalLM(config(bidirectional=True)), ValueError, ["bidirectional=True", "RNNLMForCausalLM", "RNNLMForTokenClassification"]),
     "config-head-embeddings": (lambda tmp: RNNLMConfig(head_embedding_size=128), ValueError, ["head_embedding_size=128", "no head RNN", "head_rnn_size"]),
     # ----- each head's forward -----
@@ -88,6 +88,7 @@ API_ROWS = {
     "data-block-size": (lambda tmp: StreamSegments(torch.arange(10), bptt=35, per_device_batch_size=4), DataError, ["block_size=35", "9 tokens", "lower block_size"]),
     "data-conll-columns": (lambda tmp: read_conll(write(tmp / "t.conll", "a\tB-X\nb\tO\tO\n")), DataError, ["t.conll:2", "3 column(s)", "one tab"]),
     "data-tags-per-token": (lambda tmp: tokenize_and_align_labels({"tokens": [["Tom", "works"]], "tags": [["B-PER"]]}, word_tokenizer_from_vocab(["Tom", "works"]), {"B-PER": 0}), DataError, ["'Tom works'", "2 tokens but 1 tags", "exactly one tag"]),
+    "data-tagging-not-conll": (lambda tmp: read_conll(FIXTURES / "sentiment" / "train.tsv"), DataError, ["train.tsv:2", "'smart and entertaining' holds spaces", "not a tagging file", "train-classifier"]),
     "data-unknown-class": (lambda tmp: read_classification_file(write(tmp / "d.tsv", "sentence\tlabel\nfine\tmaybe\n"), label_names=["neg", "pos"]), DataError, ["d.tsv:2", "'maybe'", "--label_values"]),
     # ----- Hub loading -----
     "hub-missing-folder": (lambda tmp: check_model_source("./runs/lm_wikitxt2"), FileNotFoundError, ["./runs/lm_wikitxt2", "no such model folder", "org/name"]),
@@ -141,6 +142,10 @@ COMMAND_ROWS = {
     "script-missing-model-folder": (lambda tmp, clf: train_token_classification.cli(ner("--model_name_or_path", "runs/lm_wikitxt2", output_dir=tmp)), ["--model_name_or_path runs/lm_wikitxt2", "no such model folder", "org/name"]),
     "script-lm-missing-model-folder": (lambda tmp, clf: train_clm.cli(["--model_name_or_path", "runs/lm", "--train_file", "x.txt", "--output_dir", str(tmp)]), ["--model_name_or_path runs/lm", "no such model folder"]),
     "script-config-override": (lambda tmp, clf: train_token_classification.cli(ner("--config_overrides", "hidden_size=big", output_dir=tmp)), ["hidden_size", "big"]),
+    "script-bad-value": (lambda tmp, clf: train_clm.cli(["--train_file", "x.txt", "--output_dir", str(tmp), "--learning_rate", "abc"]), ["--learning_rate", "invalid float value: 'abc'", "--help"]),
+    "script-unknown-option": (lambda tmp, clf: train_clm.cli(["--train_file", "x.txt", "--lerning_rate", "3e-3"]), ["unknown option --lerning_rate", "did you mean --learning_rate?"]),
+    "script-config-field-as-flag": (lambda tmp, clf: train_clm.cli(["--train_file", "x.txt", "--cell_type", "gru"]), ["--cell_type is a model config field", "--config_overrides cell_type=gru"]),
+    "script-tagger-classification-file": (lambda tmp, clf: train_token_classification.cli(["--train_file", str(FIXTURES / "sentiment" / "train.tsv"), "--output_dir", str(tmp), *COMMON]), ["train.tsv:2", "not a tagging file", "train-classifier"]),
     "script-label-sub-token": (lambda tmp, clf: train_token_classification.cli(ner("--label_sub_token", "middle", output_dir=tmp)), ["--label_sub_token", "first, last", "'middle'"]),
     "script-threads": (lambda tmp, clf: train_sequence_classification.cli(sentiment("--threads", "0", output_dir=tmp)), ["--threads", ">= 1", "0"]),
     "script-on-nonfinite": (lambda tmp, clf: train_sequence_classification.cli(sentiment("--on_nonfinite", "ignore", output_dir=tmp)), ["--on_nonfinite", "stop, skip", "'ignore'"]),

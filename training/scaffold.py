@@ -137,20 +137,54 @@ def apply_run_arguments(run_args: RunArguments, training_args) -> None:
         training_args.dataloader_pin_memory = False
 
 
+# Trainer's do_train/do_eval/do_predict default to False; a user who names a split's file expects it used (as
+# `rnn-lm train --train_file my.txt` trains). Each flag turns on when one of its options is given and the flag is not.
+IMPLIED_ACTIONS = {"do_train": ("train_file",), "do_eval": ("validation_file",), "do_predict": ("test_file",)}
+
+
 def parse_script_args(
-    dataclass_types: tuple[type, ...], argv: list[str] | None = None, defaults: dict | None = None
+    dataclass_types: tuple[type, ...],
+    argv: list[str] | None = None,
+    defaults: dict | None = None,
+    implied: dict[str, tuple[str, ...]] = IMPLIED_ACTIONS,
 ) -> tuple:
     """`script.py [args.json|args.yaml] [--flag value ...]` as in run_clm; flags after the file override its values
     (benchmark drivers, `rnn-lm train cfg.json --output_dir x`). `defaults` replace dataclass defaults (and show in
-    `--help`) for the options neither the file nor the flags give."""
+    `--help`) for the options neither the file nor the flags give; an action of `implied` that is not given turns on
+    when one of its options is."""
     parser = transformers.HfArgumentParser(dataclass_types)
+    parser.error = usage_error  # one line, not argparse's full usage text (136 lines) before it
     known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
-    defaults = {key: value for key, value in (defaults or {}).items() if key in known}
+    # Piped to a file, tqdm's redraws become hundreds of lines; the logged losses (every logging_steps) remain.
+    defaults = {**({} if sys.stderr.isatty() else {"disable_tqdm": True}), **(defaults or {})}
+    defaults = {key: value for key, value in defaults.items() if key in known}
     parser.set_defaults(**defaults)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or not argv[0].endswith((".json", ".yaml", ".yml")):
-        return parser.parse_args_into_dataclasses(args=argv)
-    path = Path(argv[0])
+    values = {}
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        values, argv = read_config_file(Path(argv[0])), argv[1:]
+    options = {option[2:] for action in parser._actions for option in action.option_strings}
+    check_flags([*(f"--{key}" for key in values), *argv], options)
+    flags = []
+    for key, value in values.items():
+        if isinstance(value, list):
+            flags += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        elif value is not None:
+            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    parsed = parser.parse_args_into_dataclasses(args=[*flags, *argv])
+    given = {*values, *(part[2:].partition("=")[0] for part in argv if part.startswith("--"))}
+    for action, sources in implied.items():
+        if action not in given and any(getattr(obj, source, None) for obj in parsed for source in sources):
+            for obj in parsed:
+                if hasattr(obj, action):
+                    setattr(obj, action, True)
+    return tuple(parsed)
+
+
+def read_config_file(path: Path) -> dict:
+    """A recipe's options: a JSON or YAML mapping of option names to values."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file (relative to {Path.cwd()})")
     if path.suffix == ".json":
@@ -161,17 +195,32 @@ def parse_script_args(
         values = yaml.safe_load(path.read_text())
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
-    if len(argv) == 1:
-        return parser.parse_dict({**defaults, **values})
-    flags = []
-    for key, value in values.items():
-        if isinstance(value, list):
-            flags += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            flags += [f"--{key}", json.dumps(value)]
-        elif value is not None:
-            flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return parser.parse_args_into_dataclasses(args=[*flags, *argv[1:]])
+    return values
+
+
+def usage_error(message: str):
+    raise ValueError(f"{message}; --help lists the options")
+
+
+def check_flags(argv: list[str], known: set[str]) -> None:
+    """Unknown options (as flags or config-file keys) fail in one line with the nearest known name. A model config
+    field given as an option (`--cell_type gru`) points to --config_overrides."""
+    import difflib
+
+    config_fields = set(RNNLMConfig().to_dict())
+    for i, part in enumerate(argv):
+        name, _, value = part[2:].partition("=")
+        if not part.startswith("--") or name in known:
+            continue
+        if name in config_fields:
+            value = value or (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "VALUE")
+            raise ValueError(
+                f"--{name} is a model config field, not an option: pass --config_overrides {name}={value} "
+                "(several fields: --config_overrides 'cell_type=gru,hidden_size=256')"
+            )
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean --{close[0]}? " if close else ""
+        raise ValueError(f"unknown option --{name}: {hint}--help lists the options")
 
 
 def start_run(training_args: transformers.TrainingArguments, run_args: RunArguments) -> bool:
@@ -179,6 +228,9 @@ def start_run(training_args: transformers.TrainingArguments, run_args: RunArgume
     whether to push to the Hub. Trainer's own push is turned off (it would push every checkpoint): `hub.finish_run`
     publishes once, with the card."""
     apply_run_arguments(run_args, training_args)
+    if training_args.disable_tqdm:  # also the bars of tokenizing and saving
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     log_level = training_args.get_process_log_level()
     for library in (datasets.utils.logging, transformers.utils.logging):
