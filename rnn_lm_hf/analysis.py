@@ -178,13 +178,17 @@ def plot_agreement(summary: dict, label: str, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fields = [f for f in summary["by"] if 1 < len(summary["by"][f]) <= 20] or list(summary["by"])[:1]
+    breakdown = {field: summary["by"][field] for field in fields}
+    if not breakdown:  # pairs with only the texts: one bar, the overall accuracy
+        breakdown = {"pair": {"all": {"accuracy": summary["accuracy"], "count": summary["num_pairs"]}}}
+    fields = list(breakdown)
     columns = min(3, len(fields))
     rows = -(-len(fields) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.8 * columns, 3.6 * rows), squeeze=False)
     for axis in axes.flat[len(fields) :]:
         axis.set_visible(False)
     for axis, field in zip(axes.flat, fields):
-        groups = summary["by"][field]
+        groups = breakdown[field]
         axis.bar(range(len(groups)), [g["accuracy"] for g in groups.values()], color="tab:blue")
         axis.set_xticks(range(len(groups)), [f"{k}\n(n={g['count']})" for k, g in groups.items()], fontsize=7)
         axis.axhline(0.5, color="grey", linestyle=":", label="chance")

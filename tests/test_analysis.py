@@ -229,6 +229,25 @@ def test_cli_writes_json_and_png(saved_model, tmp_path):
     assert (out / "agreement.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize(
+    "pair",
+    [
+        {"prefix": "the writer of the books", "good": "is", "bad": "are"},
+        {"sentence_good": "the keys to the cabinet are heavy .", "sentence_bad": "the keys to the cabinet is heavy ."},
+    ],
+)
+def test_agreement_with_only_the_documented_keys(saved_model, tmp_path, pair):
+    """Pairs with nothing but their texts (the documented formats) have no field to break down by: the summary and
+    the plot show the overall accuracy alone (the plot used to divide by zero panels)."""
+    folder, _ = saved_model
+    write_pairs([pair] * 3, tmp_path / "pairs.jsonl")
+    out = tmp_path / "out"
+    assert main(["agreement", str(folder), "--pairs", str(tmp_path / "pairs.jsonl"), "--output_dir", str(out)]) == 0
+    summary = json.loads((out / "agreement.json").read_text())
+    assert summary["num_pairs"] == 3 and summary["by"] == {} and summary["accuracy"] in (0.0, 1.0)
+    assert (out / "agreement.png").stat().st_size > 1000
+
+
 def test_cli_bad_input_is_one_clear_error(saved_model, tmp_path):
     folder, text = saved_model
     with pytest.raises(FileNotFoundError, match="No saved model in"):
