@@ -103,7 +103,9 @@ def test_elmo_recipe_is_the_bilstm_recipe_plus_the_frozen_word_bilm(monkeypatch,
     assert head.layer_mix and elmo["model_name_or_path"] == lm["output_dir"]
 
     monkeypatch.chdir(CONFIGS.parents[1])
-    # The word biLM is trained by its own recipe (a clone has none): a folder stands in for it.
+    # The word biLM is trained by its own recipe (a clone has none): a folder stands in for it, and the fixture's
+    # rt-polarity-shaped folder for ../shared/data/rt-polarity (a user's clone has no ../shared).
     argv = [str(CONFIGS / "rt_polarity_elmo.json"), "--model_name_or_path", str(tmp_path)]
+    argv += ["--train_file", str(CONFIGS.parents[1] / "tests" / "fixtures" / "sentiment" / "rt")]
     model_args, _, transfer_args, *_ = parse_finetuning_args(train_sequence_classification.DataArguments, argv)
     assert model_args.task_vocabulary and transfer_args.freeze_encoder and model_args.min_frequency == 2
