@@ -4,12 +4,13 @@ One file, importing only torch, transformers and the sibling config, so `save_pr
 """
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -71,6 +72,15 @@ class RNNLMCache(DynamicCache):
     def is_compileable(self) -> bool:
         # The eager default: generate() compiles its decoding step only for a cache that says it is compileable.
         return False
+
+
+def unread_length(num_inputs: int, cache: Cache) -> int:
+    """How many of the last positions of generate()'s prompt a cache has not read yet, the prompt being either the
+    whole sequence so far (`result.sequences`, maybe with new tokens after it: the cache read its first positions)
+    or only tokens after what the cache read (such as the last generated token). A prompt no longer than what the
+    cache read cannot be the whole sequence, so it holds only new tokens."""
+    read = int(cache.get_seq_length())
+    return num_inputs - read if num_inputs > read else num_inputs
 
 
 class RNNLMStaticCache(RNNLMCache):
@@ -334,6 +344,12 @@ class RNNLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RNNLMLayerMix):  # the plain average of the layers
             init.zeros_(module.layer_weights)
             init.ones_(module.gamma)
+        elif isinstance(module, RNNLMTokenSpelling):  # no characters until `set_token_spellings`
+            init.zeros_(module.spellings)
+        elif isinstance(module, nn.Conv1d):  # the char CNN: torch's own default, U(+-1/sqrt(fan_in)) for both
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            fan_in = module.in_channels * module.kernel_size[0]
+            init.uniform_(module.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
         elif isinstance(module, (nn.Embedding, nn.Linear)):
             init.uniform_(module.weight, -bound, bound)
             if getattr(module, "bias", None) is not None:
@@ -647,14 +663,60 @@ class RNNLMModel(RNNLMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+# The pipeline task of every head but the LM, for the message below.
+PIPELINE_TASKS = {
+    "RNNLMModel": "feature-extraction",
+    "RNNLMForTokenClassification": "token-classification",
+    "RNNLMForSequenceClassification": "text-classification",
+}
+
+
+class NotACausalLMError(Exception):
+    """A saved bidirectional encoder or classifier asked to load as a causal LM. Not a `ValueError` on purpose:
+    `pipeline("text-generation", model=folder)` catches those from every class it tries, and would bury this one line
+    in a page of concatenated tracebacks."""
+
+
+def check_not_another_head(config: RNNLMConfig) -> None:
+    """Name the right pipeline when a folder saved from a bidirectional tagger, classifier or encoder (which no
+    causal LM can be built from) is loaded as a causal LM. Unidirectional heads stay loadable, as transformers'
+    own models allow (their encoder, with a new LM head)."""
+    saved_as = [name for name in config.architectures or [] if name in PIPELINE_TASKS]
+    if not saved_as or not config.bidirectional or config.separate_directions:
+        return
+    head = saved_as[0]
+    auto_class = next(name for name, model_class in MODEL_CLASSES.items() if model_class.__name__ == head)
+    source = f"'{config.name_or_path}'" if config.name_or_path else "This config"
+    raise NotACausalLMError(
+        f"{source} holds a bidirectional {head}, which cannot generate text (it reads the whole input in both "
+        f"directions): load it with pipeline('{PIPELINE_TASKS[head]}', model=...) or {auto_class}, not as a causal LM."
+    )
+
+
+class RNNLMGenerationConfig(GenerationConfig):
+    """transformers' `GenerationConfig`, derived from a model config without a false warning."""
+
+    @classmethod
+    def from_model_config(cls, model_config) -> GenerationConfig:
+        # transformers copies the model config's `output_hidden_states` and validates it before it turns on
+        # `return_dict_in_generate` for it, so a model config with output_hidden_states=True warned "generation
+        # flags are not valid and may be ignored" at every model built. Turn it on first; the result is the same.
+        config_dict = model_config if isinstance(model_config, dict) else model_config.to_dict()
+        if any(config_dict.get(flag) for flag in cls.extra_output_flags):
+            config_dict = {**config_dict, "return_dict_in_generate": True}
+        return super().from_model_config(config_dict)
+
+
 class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
     """RNN language model: the softmax over the vocabulary reads the last layer's state at every position. With
     `bidirectional` and `separate_directions` it is a bidirectional LM (ELMo): a forward and a backward LM trained
     together, sharing embeddings and softmax, each predicting the next token in its own reading direction."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+    generation_config_class = RNNLMGenerationConfig
 
     def __init__(self, config: RNNLMConfig):
+        check_not_another_head(config)
         config.check_causal_lm()
         super().__init__(config)
         self.model = RNNLMModel(config)
@@ -702,7 +764,8 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
             if mask is not None and tuple(mask.shape) != tuple(prompt.shape):
                 raise ValueError(
                     f"`attention_mask` has shape {tuple(mask.shape)} but the prompt is {tuple(prompt.shape)}: pass the "
-                    "mask the tokenizer returned with the prompt, one entry per token."
+                    "mask the tokenizer returned with the prompt, one entry per token. To continue from a returned "
+                    "cache, pass the whole sequence so far (result.sequences) with its whole mask."
                 )
         # Dynamo refuses nn.RNN/LSTM/GRU modules unless told otherwise: a compiled decoding step (CUDA, or a
         # `compile_config`) traces our layers' cuDNN/oneDNN calls as single ops, the same kernels as eager.
@@ -724,6 +787,7 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
         cache: Cache | None = None,
         past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -732,10 +796,21 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> dict:
         # Both names in the signature: generate() checks its kwargs against it (`past_key_values` before 5.24).
-        kwargs[CACHE_FIELD] = cache if cache is not None else past_key_values
+        cache = cache if cache is not None else past_key_values
+        kwargs[CACHE_FIELD] = cache
+        if is_first_iteration and cache is not None:
+            # Continuing from a returned cache: transformers cuts what the cache has read off the prompt itself on
+            # some releases (5.17, 5.25: off any prompt as long as its mask, so a new-tokens-only prompt came out
+            # empty) and never on others (5.24, for a recurrent cache). Decide here, the same on every release.
+            prompt = inputs_embeds if inputs_embeds is not None else input_ids
+            next_sequence_length = unread_length(prompt.shape[1], cache)
         # The mask is not passed up: transformers < 5.24 turns it into a 4D attention mask for a compileable cache.
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
         )
         # After the prefill, generate() feeds one new token per row, whose mask entry is always 1: drop the growing
         # mask (as Mamba does), so the step takes the lean path and a compiled step sees the same shapes every token.
@@ -781,6 +856,9 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         """
         cache = pop_cache(cache, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1047,6 +1125,10 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
             to the CRF, which sums over its tags).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # Resolved here, not by the encoder: the layer mix asks it for the hidden states whatever the caller wants.
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1139,6 +1221,10 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
             `config.problem_type` selects the loss as in transformers' own heads.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        # Resolved here, not by the encoder: the layer mix asks it for the hidden states whatever the caller wants.
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         if attention_mask is None and input_ids is not None and self.config.pad_token_id is not None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
         outputs = self.model(
@@ -1184,6 +1270,7 @@ def auto_map() -> dict[str, str]:
 
 __all__ = [
     "IGNORE_INDEX",
+    "NotACausalLMError",
     "RNNLMCRF",
     "RNNLMLayerMix",
     "RNNLMHeadRNN",

@@ -122,8 +122,10 @@ def test_generate_stays_eager_on_cpu_by_default():
     assert not hasattr(lm, "_compiled_call")
 
 
-def test_static_cache_continues_like_the_eager_cache():
-    """The returned static cache holds the state and the token count; generation continues from it."""
+@pytest.mark.parametrize("usage", ["whole sequence", "last token"])
+def test_static_cache_continues_like_the_eager_cache(usage):
+    """The returned static cache holds the state and the token count; generation continues from it, given the whole
+    sequence so far (every transformers release) or only the last generated token."""
     lm = RNNLMForCausalLM(make_config()).eval()
     input_ids = torch.randint(3, 99, (1, 5))
     kwargs = {"do_sample": False, "eos_token_id": None, "return_dict_in_generate": True}
@@ -131,15 +133,15 @@ def test_static_cache_continues_like_the_eager_cache():
     eager = lm.generate(input_ids, max_new_tokens=4, **kwargs)
     assert isinstance(cache_of(static), RNNLMStaticCache) and torch.equal(static.sequences, eager.sequences)
     assert cache_of(static).get_seq_length() == cache_of(eager).get_seq_length() == 5 + 3
-    # transformers 5.24+ feeds a recurrent cache just the new tokens; older releases take the whole sequence.
-    continue_from = static.sequences[:, -1:] if CACHE_FIELD == "cache" else static.sequences
+    continue_from = static.sequences if usage == "whole sequence" else static.sequences[:, -1:]
     rest = [
-        lm.generate(
-            continue_from, **{CACHE_FIELD: cache_of(out)}, max_new_tokens=3, do_sample=False, eos_token_id=None
-        )
+        lm.generate(continue_from, **{CACHE_FIELD: cache_of(out)}, max_new_tokens=3, **kwargs)
         for out in (static, eager)
     ]
-    assert torch.equal(rest[0], rest[1])
+    assert torch.equal(rest[0].sequences, rest[1].sequences)
+    at_once = lm.generate(input_ids, max_new_tokens=4 + 3, **kwargs).sequences
+    assert torch.equal(torch.cat([static.sequences, rest[0].sequences[:, continue_from.shape[1] :]], 1), at_once)
+    assert cache_of(rest[0]).get_seq_length() == 5 + 4 + 2  # every token read once
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Forward-pass behaviour of the base model and the three heads (transformers' ModelTester checklist)."""
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -185,6 +185,26 @@ def test_hidden_states_every_layer_in_the_graph(tiny_config):
     assert len(padded.hidden_states) == 3 and padded.hidden_states[2].shape == (2, 7, 32)
 
 
+@pytest.mark.parametrize("source", ["argument", "config"])
+@pytest.mark.parametrize("head", [RNNLMForCausalLM, RNNLMForTokenClassification, RNNLMForSequenceClassification])
+def test_heads_return_hidden_states_from_the_argument_or_the_config(cell_type, head, source):
+    """transformers' test_hidden_states_output: `output_hidden_states=True` or `config.output_hidden_states` gives
+    the embeddings and every layer's outputs; an explicit False wins over the config."""
+    model = head(make_config(cell_type, num_labels=3, output_hidden_states=source == "config")).eval()
+    input_ids = ids()
+    out = model(input_ids, output_hidden_states=True) if source == "argument" else model(input_ids)
+    assert len(out.hidden_states) == 3 and all(h.shape == (2, 7, 32) for h in out.hidden_states)
+    torch.testing.assert_close(out.hidden_states[-1], model.model(input_ids).last_hidden_state, atol=0, rtol=0)
+    assert len(out.to_tuple()) == len(model(input_ids, output_hidden_states=True, return_dict=False))
+    assert model(input_ids, output_hidden_states=False).hidden_states is None
+    if head is RNNLMForCausalLM:  # the softmax's input, for activation regularisation
+        assert out.last_hidden_state.shape == (2, 7, 32)
+    else:  # a layer mix reads every layer, but returns them only when asked
+        mixed = head(make_config(cell_type, num_labels=3, layer_mix=True)).eval()
+        assert mixed(input_ids).hidden_states is None
+        assert len(mixed(input_ids, output_hidden_states=True).hidden_states) == 3
+
+
 def test_tuple_output_equals_dict_output(tiny_config):
     model = RNNLMForCausalLM(tiny_config).eval()
     input_ids = ids()
@@ -326,10 +346,75 @@ def test_ignore_mismatched_sizes(tmp_path):
     assert model.score.weight.shape == (5, 32)
 
 
-def test_meta_device_init(tiny_config):
+# Per head, the options whose modules each need their own case in `_init_weights`.
+INIT_OPTIONS = {
+    RNNLMForCausalLM: {"embedding_size": 16, "tie_word_embeddings": False},  # projection, untied softmax
+    RNNLMForTokenClassification: {
+        "bidirectional": True,
+        "layer_mix": True,
+        "head_rnn_size": 8,
+        "char_cnn_filters": 4,
+        "char_vocab_size": 10,
+        "use_crf": True,
+        "id2label": {0: "O", 1: "B-X", 2: "I-X"},
+        "crf_scheme": "IOB2",
+    },
+    RNNLMForSequenceClassification: {
+        "bidirectional": True,
+        "separate_directions": True,
+        "head_rnn_size": 8,
+        "head_embedding_size": 4,
+        "classifier_pooling": "concat",
+    },
+}
+
+
+@contextmanager
+def uninitialised_memory_is_nan():
+    """torch.empty (what a weight missing from a checkpoint is made of) fills floats with NaN, ints with their max."""
+    enabled, fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+def gram_is_identity(weight: torch.Tensor) -> bool:
+    """Orthogonal rows or columns (whichever are fewer), as `init.orthogonal_` makes them."""
+    gram = weight.T @ weight if weight.shape[0] >= weight.shape[1] else weight @ weight.T
+    return torch.allclose(gram, torch.eye(len(gram)), atol=1e-4)
+
+
+@pytest.mark.parametrize("head", list(INIT_OPTIONS))
+def test_meta_device_init_gives_missing_weights_a_fresh_init(cell_type, head):
+    """from_pretrained builds the model on the meta device, then `_init_weights` must initialise every weight the
+    checkpoint lacks (here: all of them) as a freshly built model has it: the same constants (zero biases, LSTM forget
+    bias 1, CRF penalties, layer-mix gamma), the same spread, orthogonal recurrent weights. A tensor it skips keeps
+    the uninitialised memory it was made of, NaN here."""
+    config = make_config(cell_type, num_labels=3, **INIT_OPTIONS[head])
     with torch.device("meta"):
-        model = RNNLMForCausalLM(tiny_config)
-    assert model.lm_head.weight.is_meta
+        assert all(tensor.is_meta for tensor in head(config).state_dict().values())
+    with uninitialised_memory_is_nan():
+        loaded = head.from_pretrained(None, config=config, state_dict={})
+    fresh = [head(config) for _ in range(2)]  # two draws: what both share is a constant of the init
+    tensors = [dict(model.named_parameters()) | dict(model.named_buffers()) for model in (loaded, *fresh)]
+    assert tensors[0].keys() == tensors[1].keys()
+    for name, value in tensors[0].items():
+        first, second = tensors[1][name].detach(), tensors[2][name].detach()
+        value = value.detach()
+        assert value.shape == first.shape and value.dtype == first.dtype, name
+        constant = first == second
+        assert torch.equal(value[constant], first[constant]), name
+        drawn, reference = value[~constant], torch.cat([first[~constant], second[~constant]])
+        assert torch.isfinite(drawn).all(), name
+        if drawn.numel() >= 16:  # the same law: the same range and spread
+            assert drawn.abs().max() <= 1.5 * reference.abs().max(), name
+            assert 0.5 < drawn.std() / reference.std() < 2, name
+        if value.is_floating_point() and value.dim() == 2 and gram_is_identity(first):
+            assert gram_is_identity(value), name
 
 
 def test_dropout_only_in_training():

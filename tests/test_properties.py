@@ -2,7 +2,9 @@
 
 Models are tiny (hidden 1..8, vocab 5..20, up to 3 layers) and their weights are drawn large (every weight ~ U(-0.5,
 0.5)), so that a pad token leaking into a state or a row leaking into another moves the outputs far beyond `ATOL`.
-Pad positions hold random real token ids: only the attention mask says they are padding.
+Pad positions hold random real token ids: only the attention mask says they are padding. Every option that changes
+what a forward reads is drawn too (per-layer sizes, separate directions, a first <eos>, a character CNN, a layer mix,
+a head BiLSTM, a CRF), so each is crossed with left/right padding, batch composition and the cache.
 """
 
 import math
@@ -36,19 +38,41 @@ FEW = settings(max_examples=50, deadline=None, derandomize=True)
 
 @st.composite
 def configs(draw) -> dict:
-    """Keyword arguments of a tiny `RNNLMConfig` of any cell type (a dict: hypothesis reports it readably)."""
+    """Keyword arguments of a tiny `RNNLMConfig` of any cell type, with or without each option that changes what a
+    forward reads (a dict: hypothesis reports it readably). `build` drops what a head cannot take."""
     cell_type, nonlinearity = draw(st.sampled_from(CELLS))
-    return {
+    num_layers = draw(st.integers(1, 3))
+    bidirectional = draw(st.booleans())
+    hidden_sizes = draw(st.none() | st.lists(st.integers(1, 8), min_size=num_layers, max_size=num_layers))
+    head_rnn_size = draw(st.sampled_from([0, 0, 1, 3]))
+    config = {
         "vocab_size": draw(st.integers(5, 20)),
         "hidden_size": draw(st.integers(1, 8)),
+        "hidden_sizes": hidden_sizes,
         "embedding_size": draw(st.none() | st.integers(1, 8)),
-        "num_hidden_layers": draw(st.integers(1, 3)),
+        "num_hidden_layers": num_layers,
         "cell_type": cell_type,
         "rnn_nonlinearity": nonlinearity,
-        "bidirectional": draw(st.booleans()),
+        "bidirectional": bidirectional,
+        "separate_directions": bidirectional and draw(st.booleans()),  # ELMo's biLM: a stack per direction
+        "start_after_eos": draw(st.booleans()),
         "classifier_pooling": draw(st.sampled_from(POOLINGS)),
         "num_labels": draw(st.integers(1, 4)),
+        # The heads' options: ELMo's scalar mix (equally wide layers only), a task BiLSTM with or without its own
+        # embeddings, a CRF over the tags.
+        "layer_mix": hidden_sizes is None and draw(st.booleans()),
+        "head_rnn_size": head_rnn_size,
+        "head_embedding_size": draw(st.sampled_from([0, 2])) if head_rnn_size else 0,
+        "use_crf": draw(st.booleans()),
     }
+    if draw(st.booleans()):  # a character CNN over every token's spelling, drawn by `build`
+        config |= {
+            "char_cnn_filters": draw(st.integers(1, 3)),
+            "char_vocab_size": draw(st.integers(2, 6)),
+            "char_embedding_size": draw(st.integers(1, 3)),
+            "max_token_chars": draw(st.integers(1, 4)),
+        }
+    return config
 
 
 @st.composite
@@ -61,13 +85,20 @@ def padded_batches(draw, max_rows: int = 4) -> tuple[list[int], list[int], int]:
 
 
 def build(head, config: dict, seed: int):
-    """The head in eval mode, every weight ~ U(-0.5, 0.5); the causal LM is always unidirectional."""
-    bidirectional = config["bidirectional"] and head is not RNNLMForCausalLM
-    config = RNNLMConfig(
-        **{**config, "bidirectional": bidirectional}, initializer_range=0.5, init_recurrent_uniform=True
-    )
+    """The head in eval mode, every weight ~ U(-0.5, 0.5), every token spelled with random characters; a causal LM is
+    bidirectional only with separate directions (a biLM)."""
+    bidirectional = config["bidirectional"] and (head is not RNNLMForCausalLM or config["separate_directions"])
+    separate_directions = bidirectional and config["separate_directions"]
+    config = RNNLMConfig(**{**config, "bidirectional": bidirectional, "separate_directions": separate_directions})
     torch.manual_seed(seed)
-    return head(config).eval()
+    model = head(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():  # biases, CRF scores and the layer mix too: none starts at a constant
+            param.uniform_(-0.5, 0.5)
+        if config.char_cnn_filters:
+            spellings = model.base_model.spelling.spellings  # (vocab_size, max_token_chars), 0 = no character
+            spellings.copy_(torch.randint(0, config.char_vocab_size, spellings.shape))
+    return model
 
 
 def make_batch(config, lengths, lefts, width) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -90,6 +121,8 @@ def features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     if isinstance(model, RNNLMForCausalLM):
         out = model(input_ids, attention_mask=attention_mask, use_cache=True)
+        if out.logits_backward is not None:  # a biLM: both directions' scores, no cache
+            return torch.cat([out.logits, out.logits_backward], -1), []
         return out.logits, [layer.recurrent_states[0] for layer in cache_of(out).layers]
     if isinstance(model, RNNLMModel):
         out = model(input_ids, attention_mask=attention_mask, output_final_states=True)
@@ -207,7 +240,7 @@ def long_forward_nll(model, stream: torch.Tensor, stream_lengths: list[int]) -> 
 @given(config=configs(), data=st.data(), seed=st.integers(0, 3))
 def test_stream_evaluation_equals_one_long_forward(config, data, seed):
     """Segments of `eval_stream_segments`, carrying the state as the trainer does == one forward per stream."""
-    model = build(RNNLMForCausalLM, config, seed)
+    model = build(RNNLMForCausalLM, {**config, "bidirectional": False}, seed)  # a stream carries a cache
     stream, bptt, batch_size = draw_stream(data, model.config)
     segments = eval_stream_segments(stream, bptt, per_device_batch_size=batch_size)
     carried, total, count = CarriedState(), torch.zeros((), dtype=torch.float64), 0
@@ -230,7 +263,7 @@ def test_stream_evaluation_equals_one_long_forward(config, data, seed):
 @given(config=configs(), data=st.data(), seed=st.integers(0, 3))
 def test_trainer_stream_evaluation_equals_one_long_forward(config, data, seed):
     """`RNNLMTrainer.evaluate` on stream segments reports the loss of one long forward over each stream."""
-    model = build(RNNLMForCausalLM, config, seed)
+    model = build(RNNLMForCausalLM, {**config, "bidirectional": False}, seed)  # a stream carries a cache
     stream, bptt, batch_size = draw_stream(data, model.config)
     segments = eval_stream_segments(stream, bptt, per_device_batch_size=batch_size)
     with tempfile.TemporaryDirectory() as folder:

@@ -21,6 +21,7 @@ from rnn_lm_hf import (
     RNNLMForTokenClassification,
     RNNLMModel,
 )
+from rnn_lm_hf.modeling_rnn_lm import NotACausalLMError
 from tests.conftest import make_config, run_hub_code
 
 
@@ -164,3 +165,43 @@ def test_pipelines_with_in_memory_objects(tiny_tokenizer):
     encoder = RNNLMModel(make_config(vocab_size=vocab)).eval()
     features = pipeline("feature-extraction", model=encoder, tokenizer=tiny_tokenizer)("the cat sat")
     assert torch.tensor(features).shape == (1, len(encoded.input_ids[0]), 32)
+
+
+@pytest.mark.parametrize(
+    ("head", "task"),
+    [
+        (RNNLMForSequenceClassification, "text-classification"),
+        (RNNLMForTokenClassification, "token-classification"),
+        (RNNLMModel, "feature-extraction"),
+    ],
+)
+def test_text_generation_from_a_bidirectional_head_folder_names_the_right_task(tmp_path, tiny_tokenizer, head, task):
+    """pipeline() tries several classes and concatenated their tracebacks (about 50 lines); one line says it all."""
+    model = head(make_config(vocab_size=len(tiny_tokenizer), num_labels=2, bidirectional=True))
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(NotACausalLMError) as error:
+        pipeline("text-generation", model=str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message and f"pipeline('{task}'" in message and str(tmp_path) in message
+    with pytest.raises(NotACausalLMError, match=f"{head.__name__}.*pipeline\\('{task}'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    # The folder's encoder still loads alone, and the named pipeline works.
+    encoder = AutoModel.from_pretrained(tmp_path)
+    base = model if head is RNNLMModel else model.model
+    for name, value in base.state_dict().items():
+        torch.testing.assert_close(encoder.state_dict()[name], value, atol=0, rtol=0, msg=name)
+    assert pipeline(task, model=str(tmp_path))("the cat sat")
+
+
+def test_a_causal_lm_folder_still_loads_into_every_head(tmp_path, tiny_config):
+    """Transfer (ULMFiT): an LM's encoder into a tagging or classification head, bidirectional ones included when
+    the LM has separate directions (ELMo)."""
+    for name, config in {"lm": tiny_config, "bilm": make_config(bidirectional=True, separate_directions=True)}.items():
+        lm = RNNLMForCausalLM(config)
+        lm.save_pretrained(tmp_path / name)
+        for head in (RNNLMModel, RNNLMForTokenClassification, RNNLMForSequenceClassification):
+            loaded = head.from_pretrained(tmp_path / name, num_labels=3)
+            base = loaded if head is RNNLMModel else loaded.model
+            for key, value in lm.model.state_dict().items():
+                torch.testing.assert_close(base.state_dict()[key], value, atol=0, rtol=0, msg=f"{name} {key}")
