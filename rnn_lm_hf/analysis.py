@@ -22,6 +22,7 @@ import torch
 
 from . import minimal_pairs
 from .evaluation import TextOptions, load_stream
+from .hub import check_causal_lm
 
 
 # ----- gradient flow -----
@@ -134,6 +135,7 @@ def load(spec: str, seed: int = 0):
     folder = path.removeprefix("init:")
     if not Path(folder, "config.json").is_file():
         raise FileNotFoundError(f"No saved model in {folder!r} (no config.json): pass a folder written by training.")
+    check_causal_lm(folder, "rnn-lm analyze")
     if fresh:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))

@@ -5,12 +5,18 @@ rnn-lm train training/configs/ptb_small_zaremba.json
 rnn-lm train --train_file my.txt --output_dir out --config_overrides "cell_type=gru"
 rnn-lm evaluate out --file test.txt           # stateful stream perplexity
 rnn-lm generate out "the writer of" --do_sample --top_k 40
-rnn-lm train-tagger ... / rnn-lm train-classifier ...
+rnn-lm train-tagger --train_file train.conll --validation_file dev.conll --output_dir tagger   # token<TAB>tag lines
+rnn-lm train-classifier --train_file train.tsv --validation_file dev.tsv --output_dir classifier  # text<TAB>label
 rnn-lm tokenizer corpus.txt --kind bpe --output_dir tok   # a tokenizer for your own Trainer code
 rnn-lm analyze gradients out --file test.txt --output_dir analysis   # gradient flow against distance
 rnn-lm analyze agreement out --pairs pairs.jsonl --output_dir analysis  # minimal-pair (agreement) accuracy
-rnn-lm card out / rnn-lm check out / rnn-lm push out org/name           # model card, publish check, upload
-rnn-lm --threads 2 COMMAND ...                # CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, <= 4)
+rnn-lm plot out                               # training curves as a PNG
+rnn-lm card out                               # (re)write the model card
+rnn-lm check out                              # what `push` would upload, or what is wrong
+rnn-lm push out org/name                      # upload (token: HF_TOKEN or `hf auth login`)
+rnn-lm --threads 2 evaluate out --file test.txt   # CPU threads (default: $OMP_NUM_THREADS, else half the CPUs, <= 4)
+
+Every command takes --help.
 """
 
 import argparse
@@ -49,11 +55,17 @@ def evaluate_command(argv: list[str]) -> int:
         prog="rnn-lm evaluate",
         description="Perplexity of a saved causal LM on a file: static (stateful stream), and optionally with dynamic "
         "evaluation (Krause et al. 2018) and a neural cache (Grave et al. 2017). Text is prepared as the run prepared "
-        "its own (run_info.json): <eos> per line or kept newlines.",
+        "its own (run_info.json): <eos> per line or kept newlines. The adaptive methods' settings are tuned on "
+        "held-out text first (--tune_file, else the run's own validation text), over grids that include 'off' (the "
+        "static model); a setting given as a flag is kept as given.",
     )
     parser.add_argument("model", help="A saved model folder (or Hub id) with its tokenizer.")
     parser.add_argument("--file", required=True, help="Text file, one sentence/line (PTB style) or raw text.")
-    parser.add_argument("--bptt", type=int, default=35, help="Segment length; the state is carried across segments.")
+    parser.add_argument(
+        "--bptt",
+        type=int,
+        help="Segment length; the state is carried across segments (default: the run's block_size, else 35).",
+    )
     parser.add_argument("--batch_size", type=int, default=1, help="Parallel streams (1 = exact: one stream).")
     parser.add_argument("--per_block", action="store_true", help="Reset the state every block instead.")
     parser.add_argument("--add_eos", type=_bool, help="Append <eos> after each line (default: as trained).")
@@ -63,25 +75,43 @@ def evaluate_command(argv: list[str]) -> int:
     parser.add_argument("--neural_cache", action="store_true", help="Also report neural_cache_perplexity.")
     parser.add_argument(
         "--tune_file",
-        help="Grid-search the dynamic-evaluation and cache settings on this (validation) file first, then use the "
-        "best on --file; the trials are reported.",
+        help="Held-out text to tune the dynamic-evaluation and cache settings on before using them on --file "
+        "(default: the run's validation_file, or the share of its train_file it held out, from run_info.json); "
+        "every trial is reported.",
     )
-    parser.add_argument("--tune_tokens", type=int, default=10000, help="Tokens of --tune_file used by the search.")
+    parser.add_argument("--tune_tokens", type=int, default=10000, help="Tokens of the tuning text used by the search.")
     parser.add_argument(
         "--stats_file", help="Training text for dynamic evaluation's RMS gradients (default: the run's train_file)."
     )
     parser.add_argument("--stats_tokens", type=int, default=100000, help="Tokens of --stats_file used.")
-    parser.add_argument("--dynamic_lr", type=float, default=2e-3, help="Dynamic evaluation's step size eta.")
-    parser.add_argument("--dynamic_decay", type=float, default=0.02, help="Decay lambda toward the trained weights.")
+    parser.add_argument(
+        "--dynamic_lr",
+        type=float,
+        help="Dynamic evaluation's step size eta (default: tuned over 1e-5 .. 1e-2 and off; given: kept).",
+    )
+    parser.add_argument(
+        "--dynamic_decay",
+        type=float,
+        help="Decay lambda toward the trained weights (default: tuned over 0, 0.002, 0.02, 0.1; given: kept).",
+    )
     parser.add_argument("--dynamic_bptt", type=int, default=5, help="Tokens per dynamic-evaluation update.")
     parser.add_argument("--cache_size", type=int, default=500, help="Neural cache: previous positions kept.")
-    parser.add_argument("--cache_theta", type=float, default=1.0, help="Neural cache: flatness of its softmax.")
-    parser.add_argument("--cache_lambda", type=float, default=0.1, help="Neural cache: its weight in the mixture.")
+    parser.add_argument(
+        "--cache_theta", type=float, help="Neural cache: flatness of its softmax (default: tuned; given: kept)."
+    )
+    parser.add_argument(
+        "--cache_lambda",
+        type=float,
+        help="Neural cache: its weight in the mixture (default: tuned, 0 = off among the candidates; given: kept).",
+    )
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
     if args.no_eos:
         args.add_eos = False
-    print(json.dumps(evaluate_file(args), indent=2))
+    metrics = evaluate_file(args)
+    for line in _evaluation_summary(metrics):
+        print(line, file=sys.stderr)
+    print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -94,7 +124,17 @@ def _bool(value: str) -> bool:
 
 
 def evaluate_file(args: argparse.Namespace) -> dict:
-    """`rnn-lm evaluate`: the static metrics, then the adaptive ones (tuned on `tune_file` when given)."""
+    """`rnn-lm evaluate`: the static metrics, then the adaptive ones (dynamic evaluation, neural cache).
+
+    A setting given as a flag (`--dynamic_lr`, `--dynamic_decay`, `--cache_theta`, `--cache_lambda`) is kept as
+    given; the others are tuned on held-out text: `--tune_file`, else the run's validation text
+    (`evaluation.run_validation_stream`), over grids that include "off". With no such text, a method with some
+    settings given takes the defaults for the rest (a note says so), and one with none given is refused: its default
+    step size can make perplexity worse than the static model's. A method tuned "off" reports the static perplexity
+    with a note; an adaptive perplexity above the static one on `--file` comes with a warning.
+    """
+    import time
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rnn_lm_hf import evaluation
@@ -103,87 +143,171 @@ def evaluate_file(args: argparse.Namespace) -> dict:
     for key in ("add_eos", "keep_linebreaks"):
         if getattr(args, key) is not None:
             setattr(options, key, getattr(args, key))
-    static = evaluate_perplexity(
+    static = evaluate_perplexity(  # bptt None: the run's block_size
         args.model, args.file, args.bptt, args.batch_size, not args.per_block, options, args.trust_remote_code
     )
     metrics = {"perplexity": static["eval_perplexity"], "loss": static["eval_loss"], "tokens": static["eval_tokens"]}
-    if not (args.dynamic_eval or args.neural_cache):
+    given = {}  # method -> the settings given as flags
+    if args.neural_cache:
+        given["neural_cache"] = _given(theta=args.cache_theta, lambdah=args.cache_lambda)
+    if args.dynamic_eval:
+        given["dynamic_eval"] = _given(lr=args.dynamic_lr, decay=args.dynamic_decay)
+    if not given:
         return metrics
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     tokens = evaluation.load_stream(args.file, tokenizer, options)
-    cache = {"cache_size": args.cache_size, "theta": args.cache_theta, "lambdah": args.cache_lambda}
-    dynamic = {"lr": args.dynamic_lr, "decay": args.dynamic_decay, "bptt": args.dynamic_bptt}
+    defaults = {"neural_cache": evaluation.CACHE_DEFAULTS, "dynamic_eval": evaluation.DYNAMIC_DEFAULTS}
+    to_tune = [method for method, fixed in given.items() if len(fixed) < len(defaults[method])]
+    notes, warnings = [], []
+    tune = _tuning_text(args, tokenizer, options, to_tune, given, notes) if to_tune else None
     rms = None
     if args.dynamic_eval:
+        stats_option = (
+            "--stats_file" if args.stats_file else "the run's train_file (run_info.json; else pass --stats_file)"
+        )
         stats_file = args.stats_file or evaluation.run_arguments(args.model).get("train_file")
         if stats_file is None:
             raise ValueError(
                 "--dynamic_eval needs training text for its gradient statistics: pass --stats_file (the model's "
                 "training file); this folder's run_info.json names none."
             )
-        stats = evaluation.load_stream(stats_file, tokenizer, options)[: args.stats_tokens + 1]
+        stats = evaluation.load_stream(stats_file, tokenizer, options, option=stats_option)[: args.stats_tokens + 1]
         rms = evaluation.gradient_statistics(model, stats)
-    if args.tune_file:
-        tune = evaluation.load_stream(args.tune_file, tokenizer, options)[: args.tune_tokens + 1]
-        metrics["tuning"] = {"file": args.tune_file, "tokens": len(tune) - 1}
-        if args.neural_cache:
-            log_probs, states, targets = evaluation.score_stream(model, tune)
-            best, trials = evaluation.grid_search(
-                lambda **s: evaluation.neural_cache_nll(log_probs, states, targets, args.cache_size, **s),
-                evaluation.CACHE_GRID,
+    settings = {method: {**defaults[method], **fixed} for method, fixed in given.items()}
+    if tune is not None:
+        started = time.time()
+        text, tune_tokens = tune[0], tune[1][: args.tune_tokens + 1]
+        log_probs, states, targets = evaluation.score_stream(model, tune_tokens)
+        static_nll = -float(log_probs.sum())
+        tuning = {"text": text, "tokens": len(targets)}
+        tuning["static_perplexity"] = evaluation.perplexity_of(static_nll, len(targets))
+        if "neural_cache" in to_tune:
+            settings["neural_cache"], tuning["neural_cache"] = evaluation.tune_neural_cache(
+                log_probs, states, targets, args.cache_size, given["neural_cache"]
             )
-            cache.update(best)
-            metrics["tuning"]["neural_cache"] = trials
-        if args.dynamic_eval:
-            best, trials = evaluation.grid_search(
-                lambda **s: evaluation.dynamic_eval_nll(model, tune, rms, bptt=args.dynamic_bptt, **s),
-                evaluation.DYNAMIC_GRID,
+        if "dynamic_eval" in to_tune:
+            settings["dynamic_eval"], tuning["dynamic_eval"] = evaluation.tune_dynamic_eval(
+                model, tune_tokens, rms, static_nll, given["dynamic_eval"], args.dynamic_bptt
             )
-            dynamic.update(best)
-            metrics["tuning"]["dynamic_eval"] = trials
-    metrics.update(
-        evaluation.adaptive_perplexities(
-            model,
-            tokens,
-            dynamic_eval=dynamic if args.dynamic_eval else None,
-            neural_cache=cache if args.neural_cache else None,
-            rms=rms,
-        )
-    )
-    metrics["settings"] = {
-        **({"neural_cache": cache} if args.neural_cache else {}),
-        **({"dynamic_eval": dynamic} if args.dynamic_eval else {}),
-    }
+        tuning["seconds"] = round(time.time() - started, 1)
+        metrics["tuning"] = tuning
+    static_perplexity = metrics["perplexity"]
+    for method, setting in settings.items():
+        if setting == evaluation.OFF:
+            metrics[f"{method}_perplexity"] = static_perplexity
+            notes.append(
+                f"{method} is off: no setting beat the static model on {metrics['tuning']['text']}, so "
+                f"{method}_perplexity is the static perplexity"
+            )
+            continue
+        extra = {"cache_size": args.cache_size} if method == "neural_cache" else {"bptt": args.dynamic_bptt}
+        settings[method] = setting = {**extra, **setting}
+        metrics.update(evaluation.adaptive_perplexities(model, tokens, rms=rms, **{method: setting}))
+        if metrics[f"{method}_perplexity"] > static_perplexity:
+            warnings.append(
+                f"{method}_perplexity {metrics[f'{method}_perplexity']:.4f} is ABOVE the static perplexity "
+                f"{static_perplexity:.4f} on {args.file}: with {_setting_text(setting)} adapting makes this text "
+                "worse; report the static number, or tune on text like this one (--tune_file)"
+            )
+    metrics["settings"] = settings
+    if notes:
+        metrics["notes"] = notes
+    if warnings:
+        metrics["warnings"] = warnings
     return metrics
+
+
+def _given(**settings) -> dict:
+    """The settings given as flags (not None)."""
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def _setting_text(setting: dict | str) -> str:
+    return setting if isinstance(setting, str) else " ".join(f"{key}={value:g}" for key, value in setting.items())
+
+
+def _tuning_text(args, tokenizer, options, to_tune: list[str], given: dict, notes: list[str]):
+    """(description, token stream) of the text to tune the adaptive settings on: `--tune_file`, else the run's own
+    validation text; None when there is none and every method to tune has some settings given (a note says the rest
+    take the defaults). Raises a one-line `ValueError` when a method has nothing given and nothing to tune on."""
+    from rnn_lm_hf import evaluation
+
+    if args.tune_file:
+        return f"--tune_file {args.tune_file}", evaluation.load_stream(
+            args.tune_file, tokenizer, options, option="--tune_file"
+        )
+    found = evaluation.run_validation_stream(args.model, tokenizer, options)
+    if found is not None:
+        return found
+    validation_file = evaluation.run_arguments(args.model).get("validation_file")
+    why = (
+        f"the run's validation_file {validation_file!r} (run_info.json) is not found from {Path.cwd()}"
+        if validation_file
+        else f"{args.model} names no validation text (run_info.json)"
+    )
+    flags = {"neural_cache": "--cache_theta and --cache_lambda", "dynamic_eval": "--dynamic_lr and --dynamic_decay"}
+    for method in to_tune:
+        if not given[method]:
+            raise ValueError(
+                f"--{method}: its settings must be tuned on held-out text (defaults can make perplexity worse than "
+                f"the static model's), and {why}: pass --tune_file VALIDATION_FILE, or set {flags[method]}"
+            )
+        defaults = {"neural_cache": evaluation.CACHE_DEFAULTS, "dynamic_eval": evaluation.DYNAMIC_DEFAULTS}[method]
+        rest = {key: value for key, value in defaults.items() if key not in given[method]}
+        notes.append(
+            f"{method}: nothing to tune on ({why}): the settings not given are defaults, {_setting_text(rest)}"
+        )
+    return None
+
+
+def _evaluation_summary(metrics: dict) -> list[str]:
+    """The lines `rnn-lm evaluate` writes to stderr beside its JSON: the settings used (and where they were tuned),
+    then any notes and warnings."""
+    lines = []
+    if "settings" in metrics:
+        used = "; ".join(f"{method} {_setting_text(setting)}" for method, setting in metrics["settings"].items())
+        tuning = metrics.get("tuning")
+        where = (
+            f" (tuned on {tuning['text']}: {tuning['tokens']} tokens, static perplexity "
+            f"{tuning['static_perplexity']:.4f}, {tuning['seconds']} s)"
+            if tuning
+            else ""
+        )
+        lines.append(f"settings{where}: {used}")
+    lines += [f"note: {note}" for note in metrics.get("notes", [])]
+    lines += [f"warning: {warning}" for warning in metrics.get("warnings", [])]
+    return lines
 
 
 def evaluate_perplexity(
     model_path: str,
     file: str,
-    bptt: int = 35,
+    bptt: int | None = None,
     batch_size: int = 1,
     stateful: bool = True,
     options=None,
     trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Token-weighted perplexity through the same evaluation loop training uses; the text is prepared with
-    `options` (`evaluation.TextOptions`), by default as the run recorded in `run_info.json`."""
+    `options` (`evaluation.TextOptions`), by default as the run recorded in `run_info.json`, and cut into segments
+    of `bptt` tokens, by default the run's `block_size` (else 35): one stream then gives the run's own number."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
     from rnn_lm_hf.data import eval_stream_segments, group_into_blocks
-    from rnn_lm_hf.evaluation import TextOptions, load_stream
-    from rnn_lm_hf.hub import check_model_source
+    from rnn_lm_hf.evaluation import TextOptions, load_stream, run_arguments
+    from rnn_lm_hf.hub import check_causal_lm
     from rnn_lm_hf.trainer import RNNLMTrainer
 
-    check_model_source(model_path, None)
-
+    check_causal_lm(model_path, "rnn-lm evaluate", trust_remote_code)
+    bptt = bptt or run_arguments(model_path).get("block_size") or 35
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     stream = load_stream(file, tokenizer, options or TextOptions.of_run(model_path))
     if stateful:
+        bptt = max(1, min(bptt, len(stream) - 1))  # a file shorter than a segment is one segment: the same number
         dataset = eval_stream_segments(stream, bptt, 1, batch_size, tokenizer.pad_token_id, name=file)
     else:
         dataset = group_into_blocks(stream, bptt, tokenizer.pad_token_id, name=file)
@@ -218,19 +342,10 @@ def generate_command(argv: list[str]) -> int:
 
     from transformers import pipeline, set_seed
 
-    from rnn_lm_hf.hub import model_task
-    from rnn_lm_hf.run_info import TASKS
+    from rnn_lm_hf.hub import check_causal_lm
 
-    # A classifier folder would otherwise end in two tracebacks from inside the pipeline.
-    task = model_task(args.model, trust_remote_code=args.trust_remote_code)
-    if task not in (None, "causal-lm"):
-        head = TASKS[task]
-        command = "train-tagger" if task == "token-classification" else "train-classifier"
-        raise ValueError(
-            f"{args.model} holds a {head.model_class} ({task} head), and `rnn-lm generate` needs a causal LM "
-            f"(RNNLMForCausalLM, from `rnn-lm train`); run this model with pipeline('{head.pipeline_tag}', "
-            f"model='{args.model}') (it comes from `rnn-lm {command}`)"
-        )
+    # A classifier folder, or one without its tokenizer, would otherwise end in tracebacks from inside the pipeline.
+    check_causal_lm(args.model, "rnn-lm generate", trust_remote_code=args.trust_remote_code)
     set_seed(args.seed)
     generator = pipeline("text-generation", model=args.model, trust_remote_code=args.trust_remote_code)
     options = {
@@ -324,12 +439,24 @@ def card_command(argv: list[str]) -> int:
     parser.add_argument("--repo_id", help="Hub id used in the card's loading snippets")
     parser.add_argument("--license", default="apache-2.0")
     parser.add_argument("--language", action="append", help="language code of the training text (repeatable)")
+    parser.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="the training dataset (Hub id or name), for the card's text and metadata: a folder saved by plain "
+        "Trainer (no run_info.json) does not record it; it replaces the name in run_info.json",
+    )
     args = parser.parse_args(renamed_flags(argv))
+
+    from huggingface_hub import ModelCard
 
     from rnn_lm_hf.model_card import write_model_card
 
-    path = write_model_card(args.model_dir, repo_id=args.repo_id, license=args.license, language=args.language)
+    path = write_model_card(
+        args.model_dir, repo_id=args.repo_id, license=args.license, language=args.language, dataset=args.dataset
+    )
     print(f"Wrote {path}")
+    if not ModelCard.load(path).data.datasets:
+        print("note: the folder does not record its training data, and the card says so; name it with --dataset NAME")
     return 0
 
 

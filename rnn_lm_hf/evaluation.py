@@ -1,7 +1,8 @@
 """Perplexity of a saved causal LM on a text file: static, with dynamic evaluation, and with a neural cache.
 
-- Static: the stateful stream perplexity training reports (`RNNLMTrainer.evaluate`), with the text prepared exactly
-  as the run prepared its own (`<eos>` per line or kept newlines, read from the folder's `run_info.json`).
+- Static: the stateful stream perplexity of one stream, the number a run reports at its end (`one_stream_metrics`;
+  `RNNLMTrainer.evaluate` with one stream gives the same), with the text prepared exactly as the run prepared its own
+  (`<eos>` per line or kept newlines, read from the folder's `run_info.json`).
 - Dynamic evaluation (Krause et al. 2018, "Dynamic Evaluation of Neural Sequence Models", the RMS variant of their
   AWD-LSTM code): the evaluation stream is read in short segments, and after scoring each one the weights take a
   gradient step on it, normalised by the root-mean-square gradients measured on training text and decaying back
@@ -11,7 +12,11 @@
   states of the previous `cache_size` positions, each keyed to the word that followed it, vote for the next word:
   `p = (1 - lambda) p_model + lambda softmax(theta * h_t . h_i)`, summed per word.
 
-Both reuse one scoring pass per hyper-parameter setting, so a small grid search on a validation file is cheap.
+Their settings must be tuned on held-out text: the right dynamic-evaluation step size differs by orders of magnitude
+between models (2e-3 for an AWD-LSTM on PTB, 3e-5 for a small word-level LM, where 2e-3 makes perplexity worse than
+the static model's). `tune_neural_cache` (a grid, one scoring pass for all of it) and `tune_dynamic_eval` (a
+coarse-to-fine search over 1e-5 .. 1e-2) both count "off", the static model, as a candidate, so a tuned method never
+does worse than static on the tuning text.
 """
 
 import copy
@@ -49,20 +54,56 @@ def run_arguments(model_path: str | Path) -> dict:
     return json.loads(path.read_text()).get("arguments", {}) if path.is_file() else {}
 
 
-def load_stream(file: str, tokenizer, options: TextOptions) -> np.ndarray:
-    """The file's token stream, prepared as training prepared its splits."""
-    from .data import load_text_datasets, tokenize_to_stream
+def load_stream(file: str, tokenizer, options: TextOptions, option: str = "--file") -> np.ndarray:
+    """The file's token stream, prepared as training prepared its splits. A bad file (missing, empty, not UTF-8, no
+    text column) raises a `DataError` naming `option`, the command-line option that gave the file."""
+    from .data import DataError, load_text_datasets, tokenize_to_stream
 
-    split = load_text_datasets(
-        train_file=file,
-        validation_split_percentage=0,
-        sample_by=options.sample_by,
-        keep_linebreaks=options.keep_linebreaks,
-        text_column=options.text_column,
-    )["train"]
+    try:
+        split = load_text_datasets(
+            train_file=file,
+            validation_split_percentage=0,
+            sample_by=options.sample_by,
+            keep_linebreaks=options.keep_linebreaks,
+            text_column=options.text_column,
+        )["train"]
+    except DataError as error:  # the loader names its own argument, train_file: name the option the user passed
+        message = str(error)
+        message = option + message.removeprefix("train_file") if message.startswith("train_file") else message
+        raise DataError(message) from None
     return tokenize_to_stream(split, tokenizer, text_column=options.text_column, add_eos=options.add_eos)
 
 
+def run_validation_stream(model_path: str | Path, tokenizer, options: TextOptions) -> tuple[str, np.ndarray] | None:
+    """The run's own validation text as a token stream, with a description, from the folder's `run_info.json`: its
+    `validation_file`, or else the share of `train_file` the run held out (`validation_split_percentage`, `seed`: the
+    same lines). None when the folder names neither, or the file is not found from here."""
+    from .data import load_text_datasets, tokenize_to_stream
+
+    arguments = run_arguments(model_path)
+    validation_file, train_file = arguments.get("validation_file"), arguments.get("train_file")
+    if validation_file:
+        if not Path(validation_file).is_file():
+            return None
+        return f"the run's validation_file {validation_file}", load_stream(
+            validation_file, tokenizer, options, option="the run's validation_file (run_info.json)"
+        )
+    percentage = arguments.get("validation_split_percentage") or 0
+    if not train_file or not Path(train_file).is_file() or percentage <= 0:
+        return None
+    split = load_text_datasets(
+        train_file=train_file,
+        validation_split_percentage=percentage,
+        seed=arguments.get("seed", 42),
+        sample_by=options.sample_by,
+        keep_linebreaks=options.keep_linebreaks,
+        text_column=options.text_column,
+    )["validation"]
+    tokens = tokenize_to_stream(split, tokenizer, text_column=options.text_column, add_eos=options.add_eos)
+    return f"the {percentage}% of {train_file} the run held out for validation", tokens
+
+
+# Files from which a tokenizer can be loaded without converting a slow one (which needs sentencepiece or tiktoken).
 def segments(tokens: np.ndarray, bptt: int, device: torch.device):
     """(inputs, targets) windows of one stream, each (1, <= bptt); every token but the first is a target once."""
     tokens = torch.as_tensor(tokens, dtype=torch.long, device=device)
@@ -84,6 +125,42 @@ def score_stream(model, tokens: np.ndarray, bptt: int = 70) -> tuple[torch.Tenso
         states.append(out.hidden_states[-1][0].float())
         all_targets.append(targets[0])
     return torch.cat(log_probs), torch.cat(states), torch.cat(all_targets)
+
+
+@torch.no_grad()
+def one_stream_metrics(
+    model, tokens: np.ndarray, bptt: int, metric_key_prefix: str = "eval", pad_token_id: int = 0, name: str = "split"
+) -> dict[str, float]:
+    """`{prefix}_loss`, `{prefix}_perplexity`, `{prefix}_tokens` of ONE stream carried over the whole of `tokens`: the
+    published protocol, and what `rnn-lm evaluate` reports with its defaults. The segments, the model calls and the
+    sums are those of `RNNLMTrainer.evaluate` on `eval_stream_segments(tokens, bptt)` with batch size 1 on one
+    process, so both give the same number. In a distributed run every process scores the whole stream itself (no
+    gather): the number is the same on all of them and needs no collective."""
+    from .data import eval_stream_segments
+
+    dataset = eval_stream_segments(tokens, bptt, 1, 1, pad_token_id, name=name)
+    was_training = model.training
+    model.eval()
+    cache, nll_sums, count = None, [], 0
+    for index in range(len(dataset)):
+        example = {key: value[None].to(model.device) for key, value in dataset[index].items()}
+        out = model(
+            input_ids=example["input_ids"], attention_mask=example["attention_mask"], cache=cache, use_cache=True
+        )
+        cache = getattr(out, CACHE_FIELD)
+        targets = example["shift_labels"]
+        nll = torch.nn.functional.cross_entropy(
+            out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        nll_sums.append(float(nll))
+        count += int((targets != IGNORE_INDEX).sum())
+    model.train(was_training)
+    loss = math.fsum(nll_sums) / count  # as the package's perplexity metric sums
+    return {
+        f"{metric_key_prefix}_loss": loss,
+        f"{metric_key_prefix}_perplexity": math.exp(loss),
+        f"{metric_key_prefix}_tokens": count,
+    }
 
 
 def neural_cache_nll(
@@ -148,8 +225,11 @@ def dynamic_eval_nll(
     decay: float = 0.02,
     epsilon: float = 1e-3,
     bptt: int = 5,
+    stop_above: float = math.inf,
 ) -> float:
-    """Total NLL of the stream under dynamic evaluation; `model` is copied, never changed."""
+    """Total NLL of the stream under dynamic evaluation; `model` is copied, never changed. Returns `math.inf` as soon
+    as the running total passes `stop_above` (a search's best so far: this setting cannot win) or is not finite (the
+    updates diverged)."""
     model = copy.deepcopy(model).eval()
     params = [p for p in model.parameters() if p.requires_grad]
     trained = [p.detach().clone() for p in params]
@@ -165,12 +245,15 @@ def dynamic_eval_nll(
         cache = getattr(out, CACHE_FIELD)
         loss = torch.nn.functional.cross_entropy(out.logits[0], targets[0])  # scored before the update
         total += float(loss.detach()) * targets.shape[1]
+        if not total <= stop_above:  # also true for NaN
+            return math.inf
         loss.backward()
         with torch.no_grad():
             for param, start, c, s in zip(params, trained, pull, step):
                 # param += c * (start - param) - s * grad, in place (a step per few tokens: memory traffic is the cost)
-                pull_back = start.sub(param).mul_(c)
-                param.add_(pull_back).sub_(param.grad.mul_(s))
+                if decay > 0:  # without decay there is no pull: a third less of the update's memory traffic
+                    param.add_(start.sub(param).mul_(c))
+                param.sub_(param.grad.mul_(s))
     return total
 
 
@@ -211,8 +294,22 @@ def fresh_start_perplexities(
     }
 
 
-DYNAMIC_GRID = {"lr": (5e-4, 1e-3, 2e-3, 4e-3), "decay": (0.002, 0.02)}
-CACHE_GRID = {"theta": (0.3, 0.6, 1.0), "lambdah": (0.05, 0.1, 0.15, 0.2)}
+# Dynamic evaluation's step size depends on the model (PTB's AWD-LSTM takes 2e-3, a small word-level LM 3e-5, a
+# barely trained character LM 6e-3 and nothing below 4e-3), so the search spans the scales: half decades at a middle
+# decay, then quarter decades around the best, then the decay at the best step.
+DYNAMIC_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+DYNAMIC_DECAY = 0.002
+DYNAMIC_FINE_DECAYS = (0.0, 0.002, 0.02, 0.1)
+# What a setting the user fixed only in part is completed with when there is no text to tune the rest on.
+DYNAMIC_DEFAULTS = {"lr": 2e-3, "decay": 0.02}
+CACHE_GRID = {"theta": (0.1, 0.3, 0.6, 1.0, 2.0), "lambdah": (0.05, 0.1, 0.15, 0.2, 0.3)}
+CACHE_DEFAULTS = {"theta": 1.0, "lambdah": 0.1}
+OFF = "off"  # the tuned setting when no setting beats the static model on the tuning text
+
+
+def perplexity_of(nll: float, num_targets: int) -> float:
+    """exp(nll / num_targets), `math.inf` where that overflows."""
+    return math.exp(nll / num_targets) if nll / num_targets < 700 else math.inf
 
 
 def grid_search(score, grid: dict[str, tuple]) -> tuple[dict, list[dict]]:
@@ -222,6 +319,82 @@ def grid_search(score, grid: dict[str, tuple]) -> tuple[dict, list[dict]]:
         trial["nll"] = score(**trial)
     best = min(trials, key=lambda trial: trial["nll"])
     return {key: best[key] for key in grid}, trials
+
+
+def tune_neural_cache(
+    log_probs: torch.Tensor,
+    states: torch.Tensor,
+    targets: torch.Tensor,
+    cache_size: int = 500,
+    fixed: dict | None = None,
+) -> tuple[dict | str, list[dict]]:
+    """The cache's `theta` and `lambdah` with the lowest NLL on a scored tuning stream (`score_stream`), over
+    `CACHE_GRID` and "off" (lambda 0: the static model), and every trial with its perplexity. Settings in `fixed` are
+    kept; "off" is a candidate only when `lambdah` is not fixed. Returns `OFF` when nothing beats the static model."""
+    fixed = fixed or {}
+    num_targets = len(targets)
+    static_nll = -float(log_probs.sum())
+    trials = [] if "lambdah" in fixed else [{"setting": OFF, "perplexity": perplexity_of(static_nll, num_targets)}]
+    best, best_nll = (OFF, static_nll) if trials else (None, math.inf)
+    grid = {key: (fixed[key],) if key in fixed else values for key, values in CACHE_GRID.items()}
+    for theta, lambdah in itertools.product(grid["theta"], grid["lambdah"]):
+        nll = neural_cache_nll(log_probs, states, targets, cache_size, theta=theta, lambdah=lambdah)
+        trials.append({"theta": theta, "lambdah": lambdah, "perplexity": perplexity_of(nll, num_targets)})
+        if nll < best_nll:
+            best, best_nll = {"theta": theta, "lambdah": lambdah}, nll
+    return best, trials
+
+
+def tune_dynamic_eval(
+    model,
+    tokens: np.ndarray,
+    rms: list[torch.Tensor],
+    static_nll: float,
+    fixed: dict | None = None,
+    bptt: int = 5,
+) -> tuple[dict | str, list[dict]]:
+    """Dynamic evaluation's `lr` and `decay` with the lowest NLL on `tokens`, by a coarse-to-fine search, and every
+    trial (12 at most, each a pass of `dynamic_eval_nll`; one that falls behind the best so far is stopped early).
+
+    1. `lr` in `DYNAMIC_LRS` (1e-5 .. 1e-2, half a decade apart) at `decay` `DYNAMIC_DECAY`;
+    2. `lr` a quarter decade either side of the best (x 10 ** +-0.25);
+    3. `decay` in `DYNAMIC_FINE_DECAYS` (0 .. 0.1) at the best `lr`.
+    Settings in `fixed` are kept (their stages skipped). "Off" (no adaptation: `static_nll`, the model's own NLL of
+    `tokens`) is a candidate unless `lr` is fixed; `OFF` is returned when no step size beats it.
+    """
+    fixed = fixed or {}
+    num_targets = len(tokens) - 1
+    trials = [] if "lr" in fixed else [{"setting": OFF, "perplexity": perplexity_of(static_nll, num_targets)}]
+    best, best_nll = (OFF, static_nll) if trials else (None, math.inf)
+    tried = set()
+
+    def trial(lr: float, decay: float) -> None:
+        nonlocal best, best_nll
+        lr = float(f"{lr:.3g}")
+        if (lr, decay) in tried:
+            return
+        tried.add((lr, decay))
+        nll = dynamic_eval_nll(model, tokens, rms, lr=lr, decay=decay, bptt=bptt, stop_above=best_nll)
+        stopped = math.isinf(nll)
+        trials.append({"lr": lr, "decay": decay, "perplexity": None if stopped else perplexity_of(nll, num_targets)})
+        if stopped:
+            trials[-1]["stopped"] = "behind the best so far (or diverged)"
+        if nll < best_nll:
+            best, best_nll = {"lr": lr, "decay": decay}, nll
+
+    decay = fixed.get("decay", DYNAMIC_DECAY)
+    for lr in (fixed["lr"],) if "lr" in fixed else DYNAMIC_LRS:
+        trial(lr, decay)
+    if best not in (OFF, None) and "lr" not in fixed:
+        center = best["lr"]
+        for factor in (10**-0.25, 10**0.25):
+            trial(center * factor, decay)
+    if best not in (OFF, None) and "decay" not in fixed:
+        for decay in DYNAMIC_FINE_DECAYS:
+            trial(best["lr"], decay)
+    if best is None:  # every trial of a fixed lr diverged: report the fixed setting anyway
+        best = {"lr": fixed["lr"], "decay": decay}
+    return best, trials
 
 
 def adaptive_perplexities(
@@ -237,10 +410,10 @@ def adaptive_perplexities(
     if neural_cache is not None:
         log_probs, states, targets = score_stream(model, tokens)
         nll = neural_cache_nll(log_probs, states, targets, **neural_cache)
-        metrics["neural_cache_perplexity"] = math.exp(nll / num_targets)
+        metrics["neural_cache_perplexity"] = perplexity_of(nll, num_targets)
     if dynamic_eval is not None:
         nll = dynamic_eval_nll(model, tokens, rms, **dynamic_eval)
-        metrics["dynamic_eval_perplexity"] = math.exp(nll / num_targets)
+        metrics["dynamic_eval_perplexity"] = perplexity_of(nll, num_targets)
     return metrics
 
 

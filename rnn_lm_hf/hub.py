@@ -36,7 +36,7 @@ from .model_card import (
     write_model_card,
 )
 from .modeling_rnn_lm import auto_map
-from .run_info import RUN_INFO_FILE, TOKEN_PATTERN, redact, secret_values, task_of
+from .run_info import RUN_INFO_FILE, TASKS, TOKEN_PATTERN, redact, secret_values, task_of
 
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,35 @@ def model_task(source: str, **kwargs) -> str | None:
 
     config = AutoConfig.from_pretrained(check_model_source(source, None), **kwargs)
     return task_of(config.architectures)
+
+
+def check_causal_lm(source: str, command: str = "rnn-lm evaluate", trust_remote_code: bool = False) -> str:
+    """`source` when it is a causal LM with its tokenizer; otherwise one-line errors that name the fix.
+
+    A missing folder raises `FileNotFoundError` (`hub.check_model_source`); a folder holding a tagger or classifier
+    raises `ValueError` naming its head and the pipeline to run it with (transformers would load it as a causal LM
+    and complain about `bidirectional=True`, or fail inside a pipeline); a local folder without tokenizer files raises
+    `ValueError` saying to save the tokenizer there (transformers would say that sentencepiece or tiktoken must be
+    installed). `command` (e.g. "rnn-lm generate") is named in the messages.
+    """
+    check_model_source(source, None)
+    task = model_task(source, trust_remote_code=trust_remote_code)
+    if task not in (None, "causal-lm"):
+        head = TASKS[task]
+        trainer = "train-tagger" if task == "token-classification" else "train-classifier"
+        raise ValueError(
+            f"{source} holds a {head.model_class} ({task} head), and `{command}` needs a causal LM "
+            f"(RNNLMForCausalLM, from `rnn-lm train`); run this model with pipeline('{head.pipeline_tag}', "
+            f"model='{source}') (it comes from `rnn-lm {trainer}`)"
+        )
+    folder = Path(source).expanduser()
+    if folder.is_dir() and not (folder / "tokenizer.json").is_file():
+        raise ValueError(
+            f"{source} has no tokenizer (tokenizer.json is missing), so `{command}` cannot encode text: save the "
+            f"tokenizer the model was trained with into it, tokenizer.save_pretrained('{source}') (`rnn-lm check "
+            f"{source}` lists every missing file)"
+        )
+    return source
 
 
 # --------------------------------------------------------------------------------------------- model card
@@ -325,7 +354,10 @@ def _check_tokenizer(folder: Path, config: dict[str, Any] | None, problems: list
 
 def _check_card(folder: Path, problems: list[str]) -> list[str]:
     path = folder / CARD_FILE
-    fix = "write it with `rnn-lm card FOLDER` from a run_info.json with evaluation metrics"
+    fix = (
+        "write it with `rnn-lm card FOLDER` (it needs evaluation metrics: run_info.json or the Trainer's "
+        "*_results.json)"
+    )
     if not path.is_file():
         problems.append(f"{CARD_FILE} (the model card) is missing: {fix}.")
         return []

@@ -9,11 +9,13 @@ from unittest import mock
 import huggingface_hub
 import pytest
 import torch
+from transformers import pipeline
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification, cli
 from rnn_lm_hf.classification_data import read_classification_file
 from rnn_lm_hf.data import DataError, StreamSegments, load_text_datasets
 from rnn_lm_hf.hub import check_model_source
+from rnn_lm_hf.modeling_rnn_lm import NotACausalLMError
 from rnn_lm_hf.tagging_data import read_conll, tokenize_and_align_labels
 from rnn_lm_hf.tokenization import check_special_tokens, train_tokenizer, word_tokenizer_from_vocab
 from rnn_lm_hf.training import train_clm, train_sequence_classification, train_token_classification
@@ -49,6 +51,16 @@ def bad_special_ids():
     check_special_tokens(PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>"))
 
 
+def bidirectional_classifier(tmp: Path) -> str:
+    """A saved bidirectional two-label classifier with its tokenizer."""
+    tokenizer = train_tokenizer(["a fine film", "a dull film"])
+    RNNLMForSequenceClassification(
+        config(vocab_size=len(tokenizer), bidirectional=True, num_labels=2)
+    ).save_pretrained(tmp / "clf")
+    tokenizer.save_pretrained(tmp / "clf")
+    return str(tmp / "clf")
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -78,6 +90,7 @@ API_ROWS = {
     # ----- generate -----
     "generate-token-id": (lambda tmp: lm().generate(torch.tensor([[3, 30]]), max_new_tokens=2), ValueError, ["token id 30", "resize_token_embeddings"]),
     "generate-mask-shorter": (lambda tmp: lm().generate(IDS, attention_mask=torch.ones(2, 3, dtype=torch.long), max_new_tokens=2), ValueError, ["attention_mask", "(2, 3)"]),
+    "pipeline-generation-classifier": (lambda tmp: pipeline("text-generation", model=bidirectional_classifier(tmp)), NotACausalLMError, ["holds a bidirectional RNNLMForSequenceClassification", "pipeline('text-classification'", "AutoModelForSequenceClassification"]),
     # ----- tokenizers -----
     "tokenizer-kind": (lambda tmp: train_tokenizer(["a b"], kind="wordpiece"), ValueError, ["'wordpiece'", "word, char, bpe"]),
     "tokenizer-vocab-size": (lambda tmp: train_tokenizer(["a b"], vocab_size=0), ValueError, ["vocab_size", "positive int", "0"]),
@@ -135,6 +148,20 @@ def three_labels(tmp: Path) -> str:
     return str(write(tmp / "three.tsv", "sentence\tlabel\ngood\tpos\nbad\tneg\nso so\tmixed\n"))
 
 
+def saved_lm(tmp: Path, tokenizer_files: bool = True) -> str:
+    """A saved (untrained) causal LM with its tokenizer, or without the tokenizer files; no run_info.json."""
+    tokenizer = train_tokenizer(["a fine film", "a dull film"])
+    folder = tmp / ("lm" if tokenizer_files else "lm_without_tokenizer")
+    RNNLMForCausalLM(config(vocab_size=len(tokenizer))).save_pretrained(folder)
+    if tokenizer_files:
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def text_file(tmp: Path) -> str:
+    return str(write(tmp / "t.txt", "a fine film\n" * 20))
+
+
 # id -> (main(argv, tmp_path, classifier_dir) -> exit status, substrings of the error line)
 COMMAND_ROWS = {
     "script-no-arguments": (lambda tmp, clf: train_clm.cli([]), ["nothing to train on", "--train_file", "rnn-lm demo"]),
@@ -157,6 +184,13 @@ COMMAND_ROWS = {
     "cli-bare-train": (lambda tmp, clf: cli.main(["train"]), ["nothing to train on", "rnn-lm demo"]),
     "cli-generate-classifier": (lambda tmp, clf: cli.main(["generate", str(clf), "a fine"]), ["RNNLMForSequenceClassification", "causal LM", "pipeline('text-classification'"]),
     "cli-generate-missing-folder": (lambda tmp, clf: cli.main(["generate", "./no_such_model", "hi"]), ["./no_such_model", "no such model folder"]),
+    "cli-evaluate-missing-file": (lambda tmp, clf: cli.main(["evaluate", saved_lm(tmp), "--file", str(tmp / "nope.txt")]), ["--file: no such file", "nope.txt"]),
+    "cli-evaluate-empty-file": (lambda tmp, clf: cli.main(["evaluate", saved_lm(tmp), "--file", str(write(tmp / "empty.txt", ""))]), ["--file:", "empty.txt is empty"]),
+    "cli-evaluate-no-tokenizer": (lambda tmp, clf: cli.main(["evaluate", saved_lm(tmp, tokenizer_files=False), "--file", text_file(tmp)]), ["has no tokenizer", "tokenizer.save_pretrained", "rnn-lm check"]),
+    "cli-generate-no-tokenizer": (lambda tmp, clf: cli.main(["generate", saved_lm(tmp, tokenizer_files=False), "a fine"]), ["has no tokenizer", "`rnn-lm generate`", "rnn-lm check"]),
+    "cli-analyze-no-tokenizer": (lambda tmp, clf: cli.main(["analyze", "gradients", saved_lm(tmp, tokenizer_files=False), "--file", text_file(tmp), "--output_dir", str(tmp / "out")]), ["has no tokenizer", "`rnn-lm analyze`", "rnn-lm check"]),
+    "cli-evaluate-classifier": (lambda tmp, clf: cli.main(["evaluate", str(clf), "--file", text_file(tmp)]), ["RNNLMForSequenceClassification", "`rnn-lm evaluate` needs a causal LM", "pipeline('text-classification'"]),
+    "cli-evaluate-adaptive-untuned": (lambda tmp, clf: cli.main(["evaluate", saved_lm(tmp), "--file", text_file(tmp), "--dynamic_eval"]), ["--dynamic_eval", "held-out text", "--tune_file"]),
     "cli-tokenizer-missing-file": (lambda tmp, clf: cli.main(["tokenizer", str(tmp / "corpus.txt"), "--output_dir", str(tmp)]), ["corpus.txt", "no such file"]),
     "cli-threads": (lambda tmp, clf: cli.main(["--threads", "many", "demo"]), ["--threads", "positive int", "'many'"]),
     "cli-plot-without-log": (lambda tmp, clf: cli.main(["plot", str(tmp)]), ["training_log.csv is missing", "training scripts"]),

@@ -31,7 +31,7 @@ from rnn_lm_hf.data import (
     tokenize_to_stream,
 )
 from rnn_lm_hf.demo_corpus import agreement_accuracy, agreement_pairs, write_demo_corpus
-from rnn_lm_hf.evaluation import fresh_start_perplexities
+from rnn_lm_hf.evaluation import fresh_start_perplexities, one_stream_metrics
 from rnn_lm_hf.hub import finish_run
 from rnn_lm_hf.run_info import command_line, public_arguments, save_run_info
 from rnn_lm_hf.trainer import RNNLMTrainer, RNNLMTrainingArguments, last_complete_checkpoint
@@ -107,7 +107,9 @@ def build_datasets(raw, tokenizer, data_args: DataArguments, training_args: Trai
     splits = {}
     with training_args.main_process_first(desc="tokenizing"):
         for split, dataset in raw.items():
-            stream = tokenize_to_stream(dataset, tokenizer, add_eos=data_args.add_eos)
+            stream = tokenize_to_stream(
+                dataset, tokenizer, text_column=data_args.text_column, add_eos=data_args.add_eos
+            )
             name = f"{split} split"
             if not data_args.stateful:
                 splits[split] = group_into_blocks(stream, data_args.block_size, tokenizer.pad_token_id, name=name)
@@ -200,17 +202,35 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()  # model, config with auto_map, code files, tokenizer, generation config
         metrics.update(result.metrics)
-        # Every process reports its weights: DDP replicas must be identical.
-        checksum = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
-        print(f"[replica {training_args.process_index}/{training_args.world_size}] parameter checksum {checksum:.12e}")
-    for split in ("validation", "test"):
-        if split in splits:
-            metrics.update(
-                trainer.evaluate(splits[split], metric_key_prefix="eval" if split == "validation" else split)
+        if training_args.world_size > 1:  # every process reports its weights: DDP replicas must be identical
+            checksum = sum(float(p.detach().double().abs().sum()) for p in model.parameters())
+            print(
+                f"[replica {training_args.process_index}/{training_args.world_size}] parameter checksum {checksum:.12e}"
             )
+    streams = {}
+    for split in ("validation", "test"):
+        if split not in splits:
+            continue
+        prefix = "eval" if split == "validation" else split
+        if data_args.stateful:
+            # The final numbers: ONE stream carried over the whole split, the published protocol and what `rnn-lm
+            # evaluate` gives (evaluations during training use per_device_eval_batch_size parallel streams, faster
+            # but each stream start loses its context). Every process scores the whole split itself.
+            streams[split] = tokenize_to_stream(
+                raw[split], tokenizer, text_column=data_args.text_column, add_eos=data_args.add_eos
+            )
+            final = one_stream_metrics(
+                trainer.model, streams[split], data_args.block_size, prefix, tokenizer.pad_token_id, f"{split} split"
+            )
+            trainer.log(final)
+        else:
+            final = trainer.evaluate(splits[split], metric_key_prefix=prefix)
+        metrics.update(final)
     if "validation" in raw and data_args.add_eos:
         # How well a fresh (zero) state starts each line, as generation from a prompt does, against the stream.
-        stream = tokenize_to_stream(raw["validation"], tokenizer, text_column=data_args.text_column)
+        stream = streams.get("validation")
+        if stream is None:
+            stream = tokenize_to_stream(raw["validation"], tokenizer, text_column=data_args.text_column)
         starts = fresh_start_perplexities(model, stream, tokenizer.eos_token_id)
         metrics.update({f"eval_{key}": value for key, value in starts.items()})
     if is_demo:
@@ -225,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             for sample in generate_samples(model, tokenizer, prompts, training_args.seed):
                 print(f"[sample] {sample.strip()}")
         protocol = (
-            f"stateful stream perplexity (state carried over the whole split, bptt {data_args.block_size})"
+            f"stateful stream perplexity (one stream, the state carried over the whole split, bptt {data_args.block_size})"
             if data_args.stateful
             else f"per-block perplexity (blocks of {data_args.block_size}, zero initial state)"
         )
