@@ -7,6 +7,7 @@ import json
 import math
 import re
 import struct
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ METRICS_FILE = "all_results.json"  # what Trainer.save_metrics("all", ...) write
 # Trainer.save_metrics(split) files, read (in this order) when a folder has no run_info.json.
 RESULTS_FILES = ("eval_results.json", "test_results.json", METRICS_FILE)
 WEIGHTS_FILE, WEIGHTS_INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
+# A run that does not record its dataset: its model-index entry, and the words the card's prose uses.
+UNKNOWN_DATASET, UNRECORDED_DATASET_TEXT = "unknown", "an unrecorded dataset"
+# The template's section that a folder without run_info.json gets rewritten (it shows the recorded command).
+TRAINING_SECTION = "Training data and recipe"
 CELL_NAMES = {"rnn": "Elman RNN", "lstm": "LSTM", "gru": "GRU"}
 # Metric-key prefix written by Trainer.evaluate/predict -> dataset split in the model-index.
 SPLIT_OF_PREFIX = {"eval": "validation", "test": "test", "predict": "test"}
@@ -104,19 +109,24 @@ def write_model_card(
     license: str = "apache-2.0",
     language: str | list[str] | None = None,
     datasets: list[str] | None = None,
+    dataset: str | None = None,
 ) -> Path:
     """Render `README.md` in `model_dir` from its `config.json`, `run_info.json` and weights, and return its path.
 
     Without `run_info.json` (a folder saved by plain `Trainer` or `save_pretrained`) the card comes from the config and
-    the Trainer's results files (`all_results.json`, `eval_results.json`, `test_results.json`); the command and
-    recipe are then marked as not recorded.
+    the Trainer's results files (`all_results.json`, `eval_results.json`, `test_results.json`); it then says that the
+    command, arguments and evaluation protocol (and, unless `dataset` names it, the training data) were not recorded,
+    and names only the files the folder has.
 
     Args:
         model_dir: a folder written by a training script (or by `save_pretrained` plus `save_run_info`).
         repo_id: the Hub id the usage snippets load from; defaults to `your-username/<folder name>`.
         license: an SPDX-style Hub license id.
         language: language code(s) of the training text, for the card metadata.
-        datasets: Hub dataset ids for the metadata; defaults to the run's dataset name.
+        datasets: Hub dataset ids for the metadata; defaults to `dataset`, else the run's dataset name.
+        dataset: the training dataset (a Hub id such as `Salesforce/wikitext`, or a name), shown in the card and
+            recorded in its metadata as given; it replaces the name in `run_info.json`. Without it and without a
+            recorded name, the card says the training data is not recorded and its metadata lists no dataset.
 
     Raises:
         FileNotFoundError: `config.json` or the weights are missing.
@@ -139,15 +149,21 @@ def write_model_card(
         )
     head = TASKS[run["task"]]
     repo_id = repo_id or f"your-username/{folder.resolve().name}"
-    dataset = str(run.get("dataset") or "unknown")
-    dataset_id = datasets[0] if datasets else _slug(dataset)
+    if dataset:  # named by the caller: as given, in the prose and the metadata
+        run = {**run, "dataset": dataset}
+        datasets = datasets or [dataset]
+    elif run.get("dataset"):
+        datasets = datasets or [_slug(str(run["dataset"]))]
+    # Not recorded: the `datasets` metadata (links to Hub datasets) lists none; the model-index needs an entry.
+    dataset_name = str(run.get("dataset") or UNKNOWN_DATASET)
+    dataset_id = datasets[0] if datasets else UNKNOWN_DATASET
     model_name = repo_id.split("/")[-1]
     eval_results = [
         EvalResult(
             task_type=head.pipeline_tag,
             task_name=head.title,
             dataset_type=dataset_id,
-            dataset_name=dataset,
+            dataset_name=dataset_name,
             dataset_split=split,
             metric_type=metric,
             metric_name=metric.replace("_", " "),
@@ -160,7 +176,7 @@ def write_model_card(
         pipeline_tag=head.pipeline_tag,
         license=license,
         language=language,
-        datasets=datasets or [dataset_id],
+        datasets=datasets or None,
         metrics=sorted({metric for _, metric, _ in results}),
         tags=["rnn-lm-hf", "rnn", config.cell_type, run["task"], "custom_code"],
         model_name=model_name,
@@ -171,9 +187,36 @@ def write_model_card(
         template_path=str(TEMPLATE_PATH),
         **_card_context(folder, config, run, head, results, repo_id, model_name),
     )
+    content = card.content
+    if not (folder / RUN_INFO_FILE).is_file():
+        content = _replace_section(content, TRAINING_SECTION, _unrecorded_run_text(folder, run.get("dataset")))
     path = folder / CARD_FILE
-    path.write_text(card.content if card.content.endswith("\n") else card.content + "\n", encoding="utf-8")
+    path.write_text(content if content.endswith("\n") else content + "\n", encoding="utf-8")
     return path
+
+
+def _unrecorded_run_text(folder: Path, dataset: str | None) -> str:
+    """The training section of a card for a folder without `run_info.json`: what is known, what is not, and only the
+    files that are there."""
+    unknown = ("training " if dataset else "training data, ") + "command, arguments and evaluation protocol"
+    files = [f"`{name}`" for name in RESULTS_FILES if (folder / name).is_file()]
+    text = (
+        (f"Trained on **{dataset}**. " if dataset else "")
+        + f"This folder was saved without a run record (by a plain `Trainer` or `save_pretrained`), so its {unknown} "
+        f"are not known. The results below come from the Trainer's metrics ({', '.join(files)})."
+    )
+    return textwrap.fill(text, width=119, break_long_words=False, break_on_hyphens=False) + "\n"
+
+
+def _replace_section(content: str, heading: str, body: str) -> str:
+    """`content` with the body of the `## heading` section (up to the next `## ` heading) replaced by `body`."""
+    start = content.find(f"\n## {heading}\n")
+    if start < 0:
+        raise RuntimeError(f"{TEMPLATE_PATH} has no '## {heading}' section to describe a run without {RUN_INFO_FILE}")
+    body_start = start + len(f"\n## {heading}\n")
+    end = content.find("\n## ", body_start)
+    end = len(content) if end < 0 else end + 1
+    return f"{content[:body_start]}\n{body}\n{content[end:]}"
 
 
 def _recorded_run(folder: Path, config: RNNLMConfig) -> dict[str, Any]:
@@ -252,7 +295,7 @@ def _card_context(
         "parameters": parameters,
         "parameters_human": _human(parameters),
         "labels": [labels[k] for k in sorted(labels, key=int)] if run["task"] != "causal-lm" else [],
-        "dataset": run.get("dataset") or "unknown",
+        "dataset": run.get("dataset") or UNRECORDED_DATASET_TEXT,
         "evaluation_protocol": run.get("evaluation_protocol") or "not recorded",
         "command": redact(run.get("command") or "not recorded"),
         "has_metrics_file": (folder / METRICS_FILE).is_file(),

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import default_data_collator
+from transformers import TrainerCallback, default_data_collator
 
 from rnn_lm_hf import RNNLMForCausalLM
 from rnn_lm_hf.data import StreamSegments
@@ -90,15 +90,26 @@ def test_nt_asgd_finetune_stops_when_validation_stalls():
     assert control.should_training_stop
 
 
+def add_observer(trainer, observer: TrainerCallback) -> None:
+    """Add a callback that only records, after the trainer's own callbacks: never an NTASGDCallback, so the only
+    NT-ASGD logic that runs is the trainer's (`trainer.nt_asgd`), and the assertions see its effect alone."""
+    assert not isinstance(observer, NTASGDCallback)
+    trainer.add_callback(observer)
+    callbacks = trainer.callback_handler.callbacks
+    averaging = [callback for callback in callbacks if isinstance(callback, NTASGDCallback)]
+    assert averaging == ([trainer.nt_asgd] if trainer.nt_asgd is not None else [])
+    assert callbacks[-1] is observer
+
+
 def train_with_snapshots(trainer) -> list[dict[str, torch.Tensor]]:
     """Train, keeping the weights after every optimizer step (the reference for an average)."""
     snapshots = []
 
-    class Snapshot(NTASGDCallback):
+    class Snapshot(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
 
-    trainer.add_callback(Snapshot())
+    add_observer(trainer, Snapshot())
     trainer.train()
     return snapshots
 
@@ -169,11 +180,11 @@ def test_variable_bptt_scales_the_learning_rate_by_the_window_length(tmp_path):
     trainer = tiny_trainer(tmp_path, variable_bptt=True, num_train_epochs=2)
     seen = []
 
-    class Record(NTASGDCallback):
+    class Record(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
             seen.append(optimizer.param_groups[0]["lr"])
 
-    trainer.add_callback(Record())
+    add_observer(trainer, Record())
     trainer.train()
     steps_per_epoch = len(trainer.train_dataset) // 4
     lengths = []
@@ -189,6 +200,9 @@ def test_nt_asgd_time_trigger_starts_averaging_in_a_budgeted_run(tmp_path):
     trainer = tiny_trainer(tmp_path, max_steps=4, nt_asgd=True, eval_strategy="steps", eval_steps=100)
     trainer.nt_asgd.start_after_s = 0.0  # already late at the first step
     snapshots = train_with_snapshots(trainer)
-    assert trainer.nt_asgd.trigger_step == 1
-    for name, param in trainer.model.named_parameters():  # the mean of the weights after steps 1..4
+    # The trainer's own callback triggered at step 1, before any evaluation, and averaged the weights after steps
+    # 1..4; the trained model holds that average, not the last raw weights.
+    assert trainer.nt_asgd.trigger_step == 1 and trainer.nt_asgd.num_averaged == 4 == len(snapshots)
+    for name, param in trainer.model.named_parameters():
         torch.testing.assert_close(param, torch.stack([s[name] for s in snapshots]).mean(0), msg=name)
+        assert not torch.equal(param, snapshots[-1][name]), name

@@ -4,15 +4,19 @@ The Hub is `tests/hub_server.py`, a stdlib server on 127.0.0.1 speaking the HTTP
 uses. Publishing runs in-process with the real client: only the module constants that huggingface_hub reads from the
 environment at import are set as that environment would set them (conftest.py imports it offline): `HF_HUB_OFFLINE`,
 `ENDPOINT` and, for the LFS path, `HF_HUB_DISABLE_XET`. Loading by repo id runs in fresh processes with their own
-environment and without rnn_lm_hf, as a user would.
+environment and without rnn_lm_hf, as a user would. The code in docs/hub.md (perplexity with a plain Trainer, a push
+rehearsed against the local Hub) runs here as written.
 """
 
+import ast
 import hashlib
 import json
 import logging
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -256,6 +260,56 @@ def test_old_hyphenated_hub_flags_still_work_with_a_warning(model_dir, capsys, s
     assert 'from_pretrained("old/style", trust_remote_code=True)' in (model_dir / "README.md").read_text()
 
 
+def plain_trainer_folder(model_dir: Path) -> Path:
+    """What plain `Trainer` leaves: config, weights, tokenizer and its metrics files, no run_info.json and no card."""
+    for name in ("run_info.json", "README.md"):
+        (model_dir / name).unlink()
+    return model_dir
+
+
+def test_card_for_a_plain_trainer_folder_says_what_is_unknown(model_dir, capsys):
+    folder = plain_trainer_folder(model_dir)
+    assert main(["card", str(folder)]) == 0
+    card = ModelCard((folder / "README.md").read_text())
+    training = card.text.split("## Training data and recipe")[1].split("\n## ")[0]
+    assert " ".join(training.split()) == (
+        "This folder was saved without a run record (by a plain `Trainer` or `save_pretrained`), so its training "
+        "data, command, arguments and evaluation protocol are not known. The results below come from the "
+        "Trainer's metrics (`all_results.json`)."
+    )
+    assert "**unknown**" not in card.text and "trained on\n**an unrecorded dataset**" in card.text
+    assert "**Evaluation protocol:** not recorded" in card.text
+    # Every file the card names is in the folder: no run_info.json, no eval_results.json.
+    named = set(re.findall(r"`([\w.-]+\.(?:json|py|safetensors))`", card.text))
+    assert "all_results.json" in named and "run_info.json" not in named
+    assert all((folder / name).is_file() for name in named), named
+    assert card.data.datasets is None  # no link to a Hub dataset that is not the training data
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {("unknown", "unknown")}
+    validate_folder(folder)
+    assert "name it with --dataset NAME" in capsys.readouterr().out
+
+
+def test_card_dataset_flag_names_the_training_data(model_dir, capsys):
+    folder = plain_trainer_folder(model_dir)
+    assert main(["card", str(folder), "--dataset", "Salesforce/wikitext"]) == 0
+    assert "--dataset" not in capsys.readouterr().out  # nothing left to name
+    card = ModelCard((folder / "README.md").read_text())
+    assert card.data.datasets == ["Salesforce/wikitext"]
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {("Salesforce/wikitext",) * 2}
+    assert "trained on\n**Salesforce/wikitext**" in card.text and "Trained on **Salesforce/wikitext**." in card.text
+    assert "training command, arguments and evaluation protocol are not known" in " ".join(card.text.split())
+    assert "training data," not in card.text
+    validate_folder(folder)
+
+
+def test_card_dataset_flag_replaces_the_recorded_name(model_dir):
+    assert main(["card", str(model_dir), "--dataset", "ptb_text_only"]) == 0
+    card = ModelCard((model_dir / "README.md").read_text())
+    assert card.data.datasets == ["ptb_text_only"] and "**ptb_text_only**" in card.text and "**tiny**" not in card.text
+    assert f"```bash\n{COMMAND}\n```" in card.text and "`run_info.json`" in card.text  # the recorded run, as before
+    validate_folder(model_dir)
+
+
 # ------------------------------------------------------------------------------------------- 2 + 3. round trip
 
 LOAD_SCRIPT = textwrap.dedent(
@@ -489,3 +543,154 @@ def test_offline_a_repo_id_passes_only_when_the_hub_cache_holds_it(tmp_path, mon
     assert check_model_source("org/rnn-lm") == "org/rnn-lm"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # online, the Hub itself answers
     assert check_model_source("org/other") == "org/other"
+
+
+# ------------------------------------------------------------------------------------------- 5. docs/hub.md snippets
+
+DOCS = REPO_ROOT / "docs" / "hub.md"
+
+
+def doc_blocks(heading: str, language: str = "python") -> list[str]:
+    """The code blocks of one section of docs/hub.md (from its heading to the next heading of the same level)."""
+    level = heading.split(" ")[0]
+    section = DOCS.read_text().split(f"\n{heading}\n")[1].split(f"\n{level} ")[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)
+
+
+def spread_lm(vocab_size: int) -> RNNLMForCausalLM:
+    """A random LM with widely spread weights, so that per-token losses differ a lot from token to token."""
+    torch.manual_seed(0)
+    model = RNNLMForCausalLM(RNNLMConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(std=0.8)
+    return model
+
+
+def corpus_perplexity(model: RNNLMForCausalLM, examples: list[list[int]]) -> tuple[float, list[tuple[float, int]]]:
+    """exp(total NLL / total predicted tokens), each example run alone (no padding), and the per-example sums."""
+    sums = []
+    with torch.no_grad():
+        for ids in examples:
+            ids = torch.tensor([ids])
+            logits = model(ids).logits[0, :-1]
+            sums.append(
+                (torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item(), len(ids[0]) - 1)
+            )
+    return math.exp(sum(nll for nll, _ in sums) / sum(n for _, n in sums)), sums
+
+
+def trainer_args(tmp_path: Path):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        str(tmp_path / "out"), per_device_eval_batch_size=2, report_to="none", use_cpu=True, disable_tqdm=True
+    )
+
+
+def test_docs_perplexity_one_liner_on_fixed_length_blocks(tmp_path):
+    """The documented `math.exp(metrics["eval_loss"])` after a plain Trainer's evaluate: the corpus perplexity when all
+    blocks have the same length, saved where `rnn-lm card` reads it."""
+    from datasets import Dataset
+    from transformers import Trainer, default_data_collator
+
+    tokenizer = train_tokenizer(TINY_TEXT, kind="word")
+    model = spread_lm(len(tokenizer))
+    stream = tokenizer(" ".join(TINY_TEXT)).input_ids
+    blocks = [stream[i : i + 8] for i in range(0, 40, 8)]  # 5 blocks of 8: the last batch holds one
+    eval_dataset = Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    trainer = Trainer(model=model, args=trainer_args(tmp_path), eval_dataset=eval_dataset,
+                      data_collator=default_data_collator)  # fmt: skip
+    (snippet,) = doc_blocks("## Perplexity with plain `Trainer`")[:1]
+    namespace = {"trainer": trainer}
+    exec(snippet, namespace)
+    metrics = namespace["metrics"]
+    expected, _ = corpus_perplexity(model, blocks)
+    assert metrics["eval_perplexity"] == pytest.approx(expected, rel=1e-5)
+    saved = json.loads((tmp_path / "out" / "eval_results.json").read_text())
+    assert saved["eval_perplexity"] == metrics["eval_perplexity"]
+    # The plain Trainer folder's card shows it.
+    model.save_pretrained(tmp_path / "out")
+    tokenizer.save_pretrained(tmp_path / "out")
+    card = ModelCard(write_model_card(tmp_path / "out").read_text())
+    shown = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert shown[("validation", "perplexity")] == metrics["eval_perplexity"]
+
+
+def test_docs_token_weighted_perplexity_with_padded_examples(tmp_path):
+    """The documented compute_metrics: with left-padded examples of different lengths it equals the corpus perplexity
+    of the examples run one by one, where exp(eval_loss) does not; the package's metric gives the same number."""
+    import evaluate
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling
+
+    from rnn_lm_hf.metrics import metric_path
+
+    tokenizer = train_tokenizer(TINY_TEXT, kind="word")
+    assert tokenizer.padding_side == "left"
+    model = spread_lm(len(tokenizer))
+    examples = [tokenizer(text).input_ids[:length] for text, length in zip(TINY_TEXT, (3, 9, 12, 2, 7))]
+    namespace = {
+        "model": model,
+        "args": trainer_args(tmp_path),
+        "eval_dataset": Dataset.from_dict({"input_ids": examples}),
+        "data_collator": DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    }
+    exec(doc_blocks("## Perplexity with plain `Trainer`")[1], namespace)
+    metrics = namespace["metrics"]
+    expected, sums = corpus_perplexity(model, examples)
+    assert metrics["eval_perplexity"] == pytest.approx(expected, rel=1e-5)
+    assert abs(math.exp(metrics["eval_loss"]) / expected - 1) > 0.01  # why the one-liner is not enough here
+    columns = namespace["trainer"].predict(namespace["eval_dataset"]).predictions  # (examples, 2): NLL, tokens
+    torch.testing.assert_close(torch.tensor(columns), torch.tensor(sums, dtype=torch.float32), rtol=1e-5, atol=1e-4)
+    perplexity = evaluate.load(metric_path("perplexity"), keep_in_memory=True)
+    result = perplexity.compute(predictions=columns[:, 0].tolist(), references=columns[:, 1].astype(int).tolist())
+    assert result["perplexity"] == pytest.approx(metrics["eval_perplexity"], rel=1e-6)
+
+
+def test_docs_offline_push_from_python(model_dir, tmp_path, monkeypatch, capsys):
+    """The documented one-process rehearsal of a push against tests/hub_server.py runs as written."""
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(model_dir, tmp_path / "runs" / "clm-lstm")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    (snippet,) = doc_blocks("### Trying a push offline")
+    exec(snippet, {})
+    url, files = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert url.startswith("http://127.0.0.1:") and "/me/clm-lstm/commit/" in url
+    assert set(ast.literal_eval(files)) == EXPECTED_REPO_FILES
+
+
+def test_docs_offline_push_shell_session(model_dir, tmp_path):
+    """The documented two-terminal session, as written: the server script from the checkout's root, then the
+    commands with the URL it printed (from a shell where HF_HUB_OFFLINE was set, which the session unsets)."""
+    server_script, session = doc_blocks("### Trying a push offline", "bash")
+    (tmp_path / "runs").mkdir()
+    shutil.copytree(model_dir, tmp_path / "runs" / "clm-lstm")
+    # TMPDIR: the session's `mktemp -d` (its throwaway HF_HOME) is made in tmp_path, not left in /tmp.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = subprocess_env(tmp_path, PATH=path, TMPDIR=str(tmp_path))
+    server = subprocess.Popen(
+        ["bash", "-c", server_script], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        url = server.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        script = session.replace("http://127.0.0.1:41234", url)
+        result = subprocess.run(
+            ["bash", "-e", "-c", script], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+            text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        lines = result.stdout.strip().splitlines()
+        assert f"Published me/clm-lstm: {url}/me/clm-lstm/commit/" in result.stdout
+        listing = next(line for line in lines if line.startswith("['.gitattributes'"))
+        assert set(ast.literal_eval(listing)) == EXPECTED_REPO_FILES
+        assert lines[-1].startswith("the")  # the pipeline's text, loaded back by repo id
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C
+        assert server.wait(timeout=30) == 0

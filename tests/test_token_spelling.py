@@ -81,8 +81,29 @@ def test_the_tagger_script_builds_spellings_from_its_tokenizer(tmp_path):
         "--save_strategy", "no",
     ]  # fmt: skip
     train_token_classification.main([str(arg) for arg in args])
-    model = RNNLMForTokenClassification.from_pretrained(tmp_path)
-    tagger = pipeline("token-classification", model=str(tmp_path))
-    tokens = tagger.tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
+    model = RNNLMForTokenClassification.from_pretrained(tmp_path).eval()
+    tagger = pipeline("token-classification", model=str(tmp_path), ignore_labels=[])
+    tokenizer = tagger.tokenizer
+    tokens = tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
     assert torch.equal(model.model.spelling.spellings, spelling_table(tokens, model.config.max_token_chars)[0])
-    assert tagger("Mary works for Acme") is not None
+
+    # The pipeline's answer, token by token, is the saved tagger's own: its tag, score, token and character span.
+    text = "Mary works for Acme"
+    encoded = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+    offsets = encoded.pop("offset_mapping")[0].tolist()
+    with torch.no_grad():
+        probabilities = model(**encoded).logits.softmax(-1)[0]
+    scores, label_ids = probabilities.max(-1)
+    got = tagger(text)
+    ids = encoded.input_ids[0].tolist()
+    assert len(ids) > len(text.split())  # the BPE splits words, so token spellings are not the words
+    assert [(t["index"], t["word"], t["start"], t["end"], t["entity"]) for t in got] == [
+        (i, tokens[token], start, end, model.config.id2label[int(label)])
+        for i, (token, (start, end), label) in enumerate(zip(ids, offsets, label_ids))
+    ]
+    torch.testing.assert_close(torch.tensor([t["score"] for t in got]), scores, rtol=1e-5, atol=1e-6)
+    # ... and the spellings are part of it: the same weights with every spelling blanked out score differently.
+    model.model.spelling.spellings.zero_()
+    with torch.no_grad():
+        blanked = model(**encoded).logits.softmax(-1)[0]
+    assert not torch.allclose(blanked, probabilities, atol=1e-4)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from rnn_lm_hf.training import train_sequence_classification as script
@@ -36,8 +37,10 @@ def test_metrics_and_saved_folder(classifier):
     config = json.loads((folder / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1"} and config["architectures"] == ["RNNLMForSequenceClassification"]
     run_info = json.loads((folder / "run_info.json").read_text())
-    card = (folder / "README.md").read_text()  # the model card, written from the run
-    assert "pipeline_tag: token-classification" in card or "pipeline_tag: text-classification" in card
+    card = ModelCard((folder / "README.md").read_text())  # the model card, written from the run
+    assert card.data.pipeline_tag == "text-classification"
+    assert {r.task_type for r in card.data.eval_results} == {"text-classification"}
+    assert "RNNLMForSequenceClassification" in card.text and "AutoModelForSequenceClassification" in card.text
     assert run_info["task"] == "sequence-classification" and run_info["metrics"] == metrics
     assert len((folder / "test_predictions.tsv").read_text().splitlines()) == 4
 

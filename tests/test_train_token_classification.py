@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from rnn_lm_hf.tagging_data import tokenize_and_align_labels
@@ -54,8 +55,10 @@ def test_metrics_and_saved_folder(tagger):
     assert config["label2id"] == {label: i for i, label in enumerate(labels)}
     assert config["bidirectional"] is True and config["architectures"] == ["RNNLMForTokenClassification"]
     run_info = json.loads((folder / "run_info.json").read_text())
-    card = (folder / "README.md").read_text()  # the model card, written from the run
-    assert "pipeline_tag: token-classification" in card or "pipeline_tag: text-classification" in card
+    card = ModelCard((folder / "README.md").read_text())  # the model card, written from the run
+    assert card.data.pipeline_tag == "token-classification"
+    assert {r.task_type for r in card.data.eval_results} == {"token-classification"}
+    assert "RNNLMForTokenClassification" in card.text and "AutoModelForTokenClassification" in card.text
     assert run_info["task"] == "token-classification" and run_info["metrics"]["test_f1"] == metrics["test_f1"]
     predictions = (folder / "test_predictions.conll").read_text().split("\n\n")
     assert predictions[0].splitlines()[0].split(" ")[:2] == (NER / "test.conll").read_text().split("\n")[0].split("\t")
@@ -94,8 +97,12 @@ def test_pipelines_match_the_models_argmax(tagger):
     assert [(t["entity"], t["start"]) for t in default] == [(t, s) for t, (s, _) in zip(tags, offsets) if t != "O"]
 
     grouped = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")
-    got = [(g["entity_group"], g["start"], g["end"]) for g in grouped(SENTENCE)]
+    groups = grouped(SENTENCE)
+    got = [(g["entity_group"], g["start"], g["end"]) for g in groups]
     assert got == simple_groups(tags, offsets)
+    # Each group's decoded `word` is its span of the sentence, after the word-level decoder's leading space (which
+    # spaces a text-generation pipeline's continuation from its prompt: tests/test_tokenization.py).
+    assert [g["word"] for g in groups] == [" " + SENTENCE[start:end] for _, start, end in got]
 
 
 HUB_CODE_SCRIPT = textwrap.dedent(
