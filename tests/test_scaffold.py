@@ -43,7 +43,9 @@ def test_a_config_file_key_is_explicit_and_flags_override_it(tmp_path):
 def test_a_config_file_with_an_unknown_key_names_it(tmp_path):
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"train_file": "my.txt", "hidden_size": 64}))
-    with pytest.raises(ValueError, match="--hidden_size is a model config field.*--config_overrides hidden_size=VALUE"):
+    with pytest.raises(
+        ValueError, match="--hidden_size is a model config field.*--config_overrides hidden_size=VALUE"
+    ):
         clm_training_args([str(recipe)])
 
 

@@ -102,7 +102,10 @@ class TransferArguments:
         default=70, metadata={"help": "Tokens per training block of the LM fine-tuning (shuffled blocks)."}
     )
     lm_adaptation_learning_rate: float = field(
-        default=1e-3, metadata={"help": "Peak learning rate of the LM fine-tuning (AdamW, cosine schedule, warmup over the first tenth of the steps)."}
+        default=1e-3,
+        metadata={
+            "help": "Peak learning rate of the LM fine-tuning (AdamW, cosine schedule, warmup over the first tenth of the steps)."
+        },
     )
     freeze_encoder: bool = field(
         default=False,
