@@ -151,6 +151,17 @@ def printed(*parts: str):
     return check
 
 
+def demo_printed(sandbox, completed):
+    """The demo's result line, and samples that continue their prompts after a space (a word-level tokenizer's
+    continuation must not be glued to the prompt); a sample may also end at once with <eos>."""
+    assert "[result] perplexity" in completed.stdout, completed.stdout[-2000:]
+    samples = re.findall(r"^\[sample\] (.*)$", completed.stdout, flags=re.M)
+    prompts = ["the writer of the books", "the keys to the cabinet", "the doctors that the author likes"]
+    assert len(samples) == len(prompts), completed.stdout[-2000:]
+    for prompt, sample in zip(prompts, samples):
+        assert re.fullmatch(rf"{prompt}( \S.*)?", sample), (prompt, sample)
+
+
 def files(*paths: str):
     def check(sandbox, completed):
         for path in paths:
@@ -174,9 +185,7 @@ CORPUS_FILES["test.txt"] = "test"
 SCENARIOS = {
     "quick start": Scenario(
         [
-            Step(
-                "make demo", f"rnn-lm demo {DEMO}", printed("[result] perplexity", "[sample] the writer of the books ")
-            ),
+            Step("make demo", f"rnn-lm demo {DEMO}", demo_printed),
             Step("rnn-lm demo", f"rnn-lm demo {DEMO} --output_dir outputs/again", trained("outputs/again")),
         ]
     ),
