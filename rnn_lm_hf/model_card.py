@@ -7,7 +7,6 @@ import json
 import math
 import re
 import struct
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ RESULTS_FILES = ("eval_results.json", "test_results.json", METRICS_FILE)
 WEIGHTS_FILE, WEIGHTS_INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 # A run that does not record its dataset: its model-index entry, and the words the card's prose uses.
 UNKNOWN_DATASET, UNRECORDED_DATASET_TEXT = "unknown", "an unrecorded dataset"
-# The template's section that a folder without run_info.json gets rewritten (it shows the recorded command).
-TRAINING_SECTION = "Training data and recipe"
 CELL_NAMES = {"rnn": "Elman RNN", "lstm": "LSTM", "gru": "GRU"}
 # Metric-key prefix written by Trainer.evaluate/predict -> dataset split in the model-index.
 SPLIT_OF_PREFIX = {"eval": "validation", "test": "test", "predict": "test"}
@@ -187,36 +184,9 @@ def write_model_card(
         template_path=str(TEMPLATE_PATH),
         **_card_context(folder, config, run, head, results, repo_id, model_name),
     )
-    content = card.content
-    if not (folder / RUN_INFO_FILE).is_file():
-        content = _replace_section(content, TRAINING_SECTION, _unrecorded_run_text(folder, run.get("dataset")))
     path = folder / CARD_FILE
-    path.write_text(content if content.endswith("\n") else content + "\n", encoding="utf-8")
+    path.write_text(card.content if card.content.endswith("\n") else card.content + "\n", encoding="utf-8")
     return path
-
-
-def _unrecorded_run_text(folder: Path, dataset: str | None) -> str:
-    """The training section of a card for a folder without `run_info.json`: what is known, what is not, and only the
-    files that are there."""
-    unknown = ("training " if dataset else "training data, ") + "command, arguments and evaluation protocol"
-    files = [f"`{name}`" for name in RESULTS_FILES if (folder / name).is_file()]
-    text = (
-        (f"Trained on **{dataset}**. " if dataset else "")
-        + f"This folder was saved without a run record (by a plain `Trainer` or `save_pretrained`), so its {unknown} "
-        f"are not known. The results below come from the Trainer's metrics ({', '.join(files)})."
-    )
-    return textwrap.fill(text, width=119, break_long_words=False, break_on_hyphens=False) + "\n"
-
-
-def _replace_section(content: str, heading: str, body: str) -> str:
-    """`content` with the body of the `## heading` section (up to the next `## ` heading) replaced by `body`."""
-    start = content.find(f"\n## {heading}\n")
-    if start < 0:
-        raise RuntimeError(f"{TEMPLATE_PATH} has no '## {heading}' section to describe a run without {RUN_INFO_FILE}")
-    body_start = start + len(f"\n## {heading}\n")
-    end = content.find("\n## ", body_start)
-    end = len(content) if end < 0 else end + 1
-    return f"{content[:body_start]}\n{body}\n{content[end:]}"
 
 
 def _recorded_run(folder: Path, config: RNNLMConfig) -> dict[str, Any]:
@@ -296,6 +266,9 @@ def _card_context(
         "parameters_human": _human(parameters),
         "labels": [labels[k] for k in sorted(labels, key=int)] if run["task"] != "causal-lm" else [],
         "dataset": run.get("dataset") or UNRECORDED_DATASET_TEXT,
+        "dataset_recorded": bool(run.get("dataset")),
+        "recorded": (folder / RUN_INFO_FILE).is_file(),
+        "results_files": ", ".join(f"`{name}`" for name in RESULTS_FILES if (folder / name).is_file()),
         "evaluation_protocol": run.get("evaluation_protocol") or "not recorded",
         "command": redact(run.get("command") or "not recorded"),
         "has_metrics_file": (folder / METRICS_FILE).is_file(),

@@ -98,6 +98,11 @@ class Step:
     shown: str | None  # as the docs show it; None for a set-up step the docs take for granted
     run: str | None = None  # as run here when it differs: placeholders filled, sizes shrunk by documented options
     check: object = None  # check(sandbox, completed_process) for what the docs promise beyond exit status 0
+    extra: str = ""  # options appended to the command (sizes shrunk by documented options)
+
+    @property
+    def command(self) -> str:
+        return f"{self.run or self.shown} {self.extra}".strip()
 
 
 @dataclass
@@ -211,10 +216,8 @@ SCENARIOS = {
             Step(
                 "rnn-lm train --train_file train.txt --validation_file valid.txt --test_file test.txt "
                 "--tokenizer_kind char --add_eos False --keep_linebreaks True --output_dir runs/char",
-                "rnn-lm train --train_file train.txt --validation_file valid.txt --test_file test.txt "
-                "--tokenizer_kind char --add_eos False --keep_linebreaks True --output_dir runs/char "
-                "--num_train_epochs 1 --per_device_eval_batch_size 4",  # 4 streams: the report must still be one
-                trained("runs/char", "test_perplexity"),
+                extra="--num_train_epochs 1 --per_device_eval_batch_size 4",  # 4 streams: the report must still be one
+                check=trained("runs/char", "test_perplexity"),
             ),
             Step("rnn-lm evaluate runs/char --file test.txt", check=same_as_the_run("runs/char", "test")),
         ]
@@ -306,7 +309,7 @@ SCENARIOS = {
                 "rnn-lm analyze pairs --output pairs.jsonl --n 2000",
             ),
             Step(None, "rnn-lm analyze pairs --output ptb_pairs.jsonl --n 2000 --lexicon ptb --kind sentence"),
-            Step("rnn-lm analyze pairs --n 2000", "rnn-lm analyze pairs --n 2000 --output more_pairs.jsonl"),
+            Step("rnn-lm analyze pairs --n 2000", extra="--output more_pairs.jsonl"),
             Step(
                 "rnn-lm analyze agreement runs/demo_gru --pairs pairs.jsonl --output_dir out/agreement",
                 check=files("out/agreement/agreement.json", "out/agreement/agreement.png"),
@@ -347,31 +350,29 @@ SCENARIOS = {
             # A few steps of each recipe through its real data: it parses, reads, trains and saves.
             Step(
                 "rnn-lm train training/configs/ptb_small_zaremba.json",
-                "rnn-lm train training/configs/ptb_small_zaremba.json --max_steps 5 --eval_strategy no",
+                extra="--max_steps 5 --eval_strategy no",
             ),
             Step(
                 "rnn-lm train training/configs/awd_lstm_ptb.json",
-                "rnn-lm train training/configs/awd_lstm_ptb.json --max_steps 2 --eval_strategy no --max_train_minutes 5",
+                extra="--max_steps 2 --eval_strategy no --max_train_minutes 5",
             ),
             Step(
                 "rnn-lm train training/configs/ptb_awd_budget_cpu.json",
-                "rnn-lm train training/configs/ptb_awd_budget_cpu.json --max_steps 5 --eval_strategy no",
+                extra="--max_steps 5 --eval_strategy no",
             ),
             Step(
                 "rnn-lm evaluate runs/ptb_awd_budget_cpu --file ../shared/data/ptb/ptb.test.txt --neural_cache "
                 "--dynamic_eval --tune_file ../shared/data/ptb/ptb.valid.txt",
-                "rnn-lm evaluate runs/ptb_awd_budget_cpu --file ../shared/data/ptb/ptb.test.txt --neural_cache "
-                "--dynamic_eval --tune_file ../shared/data/ptb/ptb.valid.txt --tune_tokens 500",
-                never_worse_than_static,
+                extra="--tune_tokens 500",
+                check=never_worse_than_static,
             ),
             Step(
                 "rnn-lm train-tagger training/configs/wnut17_bilstm.json",
-                "rnn-lm train-tagger training/configs/wnut17_bilstm.json --max_steps 5 --eval_strategy no",
+                extra="--max_steps 5 --eval_strategy no",
             ),
             Step(
                 "rnn-lm train-classifier training/configs/rt_polarity_bilstm.json",
-                "rnn-lm train-classifier training/configs/rt_polarity_bilstm.json --max_steps 5 --eval_strategy no "
-                "--cv_fold_indices 0",
+                extra="--max_steps 5 --eval_strategy no --cv_fold_indices 0",
             ),
             Step(
                 "rnn-lm train training/configs/wikitext2_lm_transfer.json --use_cpu false",
@@ -386,27 +387,18 @@ SCENARIOS = {
                 "--learning_rate 1e-3 --num_train_epochs 6 --eval_strategy epoch --save_strategy epoch "
                 "--load_best_model_at_end --metric_for_best_model accuracy --do_train --do_eval --do_predict "
                 "--output_dir runs/sst2_from_lm",
-                "rnn-lm train-classifier --model_name_or_path runs/lm_wikitext2 --train_file "
-                "../shared/data/sst2/sentence_level/stsa.binary.train --validation_file "
-                "../shared/data/sst2/sentence_level/stsa.binary.dev --test_file "
-                "../shared/data/sst2/sentence_level/stsa.binary.test --config_overrides classifier_pooling=concat "
-                "--learning_rate 1e-3 --num_train_epochs 6 --eval_strategy epoch --save_strategy epoch "
-                "--load_best_model_at_end --metric_for_best_model accuracy --do_train --do_eval --do_predict "
-                "--output_dir runs/sst2_from_lm --max_steps 5 --max_eval_samples 50 --max_predict_samples 50",
-                trained("runs/sst2_from_lm", "test_accuracy"),
+                extra="--max_steps 5 --max_eval_samples 50 --max_predict_samples 50",
+                check=trained("runs/sst2_from_lm", "test_accuracy"),
             ),
             Step(
                 "rnn-lm train training/configs/wikitext2_bilm.json --output_dir runs/bilm_wikitext2",
-                "rnn-lm train training/configs/wikitext2_bilm.json --output_dir runs/bilm_wikitext2 --max_steps 5 "
-                "--eval_strategy no",
+                extra="--max_steps 5 --eval_strategy no",
             ),
             Step(
                 "rnn-lm train-tagger training/configs/ud_ewt_upos_bilstm.json --model_name_or_path "
                 "runs/bilm_wikitext2 --config_overrides use_crf=true,layer_mix=true --output_dir runs/ud_from_bilm",
-                "rnn-lm train-tagger training/configs/ud_ewt_upos_bilstm.json --model_name_or_path "
-                "runs/bilm_wikitext2 --config_overrides use_crf=true,layer_mix=true --output_dir runs/ud_from_bilm "
-                "--max_steps 5 --eval_strategy no --max_eval_samples 50 --max_predict_samples 50",
-                trained("runs/ud_from_bilm"),
+                extra="--max_steps 5 --eval_strategy no --max_eval_samples 50 --max_predict_samples 50",
+                check=trained("runs/ud_from_bilm"),
             ),
         ],
         marks=(pytest.mark.slow,),
@@ -416,9 +408,9 @@ SCENARIOS = {
         [
             Step(
                 "python bench/downstream.py",
-                "python bench/downstream.py --only wnut17 --deadline_minutes 1 --runs_dir runs/bench "
-                "--results bench_downstream.json",
+                extra="--only wnut17 --deadline_minutes 1 --runs_dir runs/bench --results bench_downstream.json",
             ),
+            Step(None, f"rnn-lm demo --output_dir runs/demo_lm {TINY_LM.format(cell='lstm')}"),
             Step(
                 "python bench/downstream.py --pretrained_lm runs/lm_wikitext2 --init scratch-lm pretrained",
                 "python bench/downstream.py --pretrained_lm runs/demo_lm --init scratch-lm pretrained --only wnut17 "
@@ -509,7 +501,7 @@ def test_documented_commands_run_as_shown(name, tmp_path):
         if server is not None:
             env.update(HF_ENDPOINT=server.url, HF_TOKEN=TOKEN, HF_HUB_DISABLE_XET="1")
         for step in scenario.steps:
-            command = step.run or step.shown
+            command = step.command
             step_env = dict(env)
             if server is not None and " push " in command:
                 step_env.pop("HF_HUB_OFFLINE")  # a push goes online (to the local Hub)
