@@ -353,6 +353,7 @@ def generate_command(argv: list[str]) -> int:
         "do_sample": args.do_sample,
         "num_beams": args.num_beams,
         "num_return_sequences": args.num_return_sequences,
+        "clean_up_tokenization_spaces": False,  # the text as the tokenizer decodes it, on every transformers release
     }
     if args.do_sample:
         options.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)

@@ -139,7 +139,11 @@ def build_datasets(raw, tokenizer, data_args: DataArguments, training_args: Trai
 def generate_samples(model, tokenizer, prompts: list[str], seed: int) -> list[str]:
     set_seed(seed)
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer, device=model.device)
-    outputs = generator(prompts, max_new_tokens=20, do_sample=True, top_k=40, temperature=0.8)
+    # No cleanup of spaces before punctuation: transformers < 5.25 applied it in this pipeline by default, so the
+    # same model printed other text on another release (and PTB-style text keeps " .").
+    outputs = generator(
+        prompts, max_new_tokens=20, do_sample=True, top_k=40, temperature=0.8, clean_up_tokenization_spaces=False
+    )
     return [output[0]["generated_text"] for output in outputs]
 
 
