@@ -25,7 +25,16 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 
 from rnn_lm_hf import RNNLMConfig
 from rnn_lm_hf.hub import model_task
-from rnn_lm_hf.training.scaffold import FINETUNE_DEFAULTS, ModelArguments, RunArguments, parse_script_args, start_run
+from rnn_lm_hf.run_info import command_line
+from rnn_lm_hf.trainer import RNNLMTrainingArguments
+from rnn_lm_hf.training.scaffold import (
+    CLM_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    ModelArguments,
+    RunArguments,
+    parse_script_args,
+    start_run,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -167,21 +176,39 @@ def adapt_language_model(
                 if lines:
                     text = "".join(" ".join(line.split()) + "\n" for line in lines)
                     (folder / f"{split}.txt").write_text(text, encoding="utf-8")
-        argv = ["--model_name_or_path", path, "--train_file", str(folder / "train.txt"), "--output_dir", str(folder)]
-        argv += ["--validation_file", str(folder / "validation.txt")] if validation_texts else []
-        argv += ["--tokenizer_name", model_args.tokenizer_name] if model_args.tokenizer_name else []
-        argv += ["--do_train", "--num_train_epochs", str(transfer_args.lm_adaptation_epochs), "--stateful", "false"]
-        argv += ["--block_size", str(transfer_args.lm_adaptation_block_size), "--per_device_train_batch_size", "32"]
-        argv += ["--optim", "adamw_torch"]
-        argv += ["--learning_rate", str(transfer_args.lm_adaptation_learning_rate), "--lr_scheduler_type", "cosine"]
-        argv += ["--warmup_steps", "0.1", "--weight_decay", "0.01", "--max_grad_norm", "0.25"]
-        argv += ["--validation_split_percentage", "0", "--eval_strategy", "no", "--save_strategy", "no"]
-        argv += ["--num_samples", "0", "--seed", str(training_args.seed), "--report_to", "none"]
-        argv += ["--use_cpu", str(training_args.use_cpu), "--disable_tqdm", str(training_args.disable_tqdm)]
+        lm_args = ModelArguments(model_name_or_path=path, tokenizer_name=model_args.tokenizer_name)
+        data_args = train_clm.DataArguments(
+            train_file=str(folder / "train.txt"),
+            validation_file=str(folder / "validation.txt") if validation_texts else None,
+            validation_split_percentage=0,
+            block_size=transfer_args.lm_adaptation_block_size,
+            stateful=False,  # shuffled blocks: a bidirectional LM's two directions alike
+            num_samples=0,
+        )
+        lm_training_args = RNNLMTrainingArguments(
+            output_dir=str(folder),
+            do_train=True,
+            num_train_epochs=transfer_args.lm_adaptation_epochs,
+            per_device_train_batch_size=32,
+            optim="adamw_torch",
+            learning_rate=transfer_args.lm_adaptation_learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.1,
+            weight_decay=0.01,
+            max_grad_norm=0.25,
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=CLM_DEFAULTS["logging_steps"],
+            seed=training_args.seed,
+            report_to="none",
+            use_cpu=training_args.use_cpu,
+            disable_tqdm=training_args.disable_tqdm,
+        )
         logger.info(
             "ULMFiT target-task LM fine-tuning: %d texts, %s epochs", len(texts), transfer_args.lm_adaptation_epochs
         )
-        train_clm.main(argv)
+        # Recorded as the command that re-runs it: this stage runs inside the tagger's or classifier's own command.
+        train_clm.train(lm_args, data_args, lm_training_args, RunArguments(), command=command_line())
     return dataclasses.replace(model_args, model_name_or_path=str(folder), tokenizer_name=None)
 
 

@@ -148,7 +148,18 @@ def generate_samples(model, tokenizer, prompts: list[str], seed: int) -> list[st
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, training_args, run_args = parse_arguments(argv)
+    return train(*parse_arguments(argv), command=command_line(argv))
+
+
+def train(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: RNNLMTrainingArguments,
+    run_args: RunArguments,
+    command: str | None = None,
+) -> dict[str, float]:
+    """The whole run from parsed arguments (`main` parses a command line; other scripts call this directly, as
+    ULMFiT's target-task LM fine-tuning does); `command` is what run_info.json records as the way to re-run it."""
     started = time.time()
     push_to_hub = start_run(training_args, run_args)
     logger.setLevel(training_args.get_process_log_level())
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         save_run_info(
             training_args.output_dir,
             task="causal-lm",
-            command=command_line(argv),
+            command=command,
             arguments=public_arguments(model_args, data_args, training_args, run_args),
             metrics=metrics,
             dataset=DEMO_DATASET if is_demo else data_args.dataset_name or data_args.train_file,
