@@ -44,17 +44,17 @@ def unrolled_forward(
     embeds = base.embed(input_ids).detach().requires_grad_(True)  # (batch, seq_len, input_size)
     layer_input, states = embeds, []
     for layer in base.layers:
-        h, c, outputs = None, None, []
+        state, outputs = None, []
         for j in range(layer_input.shape[1]):
-            hx = None if h is None else ((h[None], c) if layer.cell_type == "lstm" else h[None])
-            out, new = layer.rnn(layer_input[:, j : j + 1], hx)  # out: (batch, 1, hidden)
+            out, state = layer(
+                layer_input[:, j : j + 1], state
+            )  # the model's own step; state (batch, num_states, hidden)
             h = out[:, 0]  # (batch, hidden): one tensor for both paths, to the next step and to the layer above
-            c = new[1] if layer.cell_type == "lstm" else None
+            state = torch.cat([h[:, None], state[:, 1:]], 1)  # h as that node; an LSTM's c rides alongside
             outputs.append(h)
         states.append(outputs)
         layer_input = torch.stack(outputs, 1)  # (batch, seq_len, hidden)
-    hidden = layer_input if model.projection is None else model.projection(layer_input)
-    return model.lm_head(hidden), embeds, states
+    return model.logits(layer_input), embeds, states
 
 
 def gradient_flow(model, input_ids: torch.LongTensor) -> dict:
@@ -100,11 +100,10 @@ def _norm(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 def recurrent_spectral_norms(model) -> list[dict]:
     """The largest singular value of each layer's W_hh, whole and per gate (LSTM: i, f, g, o; GRU: r, z, n)."""
-    gate_names = {"rnn": ["h"], "lstm": ["i", "f", "g", "o"], "gru": ["r", "z", "n"]}
     result = []
     for layer in model.model.layers:
         weight = layer.rnn.weight_hh_l0.detach().float()  # (gates * hidden, hidden)
-        gates = gate_names[layer.cell_type]
+        gates = model.config.cell.gates
         per_gate = {
             name: float(torch.linalg.matrix_norm(w, ord=2)) for name, w in zip(gates, weight.chunk(len(gates)))
         }

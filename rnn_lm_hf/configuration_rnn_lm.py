@@ -1,12 +1,30 @@
 """RNN-LM model configuration: the single source of truth for the architecture."""
 
 import difflib
+from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
 
+@dataclass(frozen=True)
+class CellType:
+    """What the package knows of one recurrent cell type. The modeling file, the model card, `analysis.py`, `bench/`
+    and the tests read `CELL_TYPES`: a new cell is one entry here plus its module."""
+
+    name: str  # display name (model card, plots)
+    module: str  # the `torch.nn` recurrent module class that runs it
+    num_states: int  # state tensors per direction: 2 for LSTM (h, c), else 1 (h)
+    gates: tuple[str, ...]  # the row blocks of W_ih / W_hh, in the module's order
+    citation: str  # BibTeX key of the cell's paper (model_card.BIBTEX)
+    forget_gate: str | None = None  # the gate whose bias starts at 1 (Jozefowicz et al. 2015), if any
+
+
 # Kept in one place so the error messages and the model agree on what exists.
-CELL_TYPES = ("rnn", "lstm", "gru")
+CELL_TYPES = {
+    "rnn": CellType("Elman RNN", "RNN", 1, ("h",), "elman1990"),
+    "lstm": CellType("LSTM", "LSTM", 2, ("i", "f", "g", "o"), "hochreiter1997", forget_gate="f"),
+    "gru": CellType("GRU", "GRU", 1, ("r", "z", "n"), "cho2014"),
+}
 NONLINEARITIES = ("tanh", "relu")
 POOLING_TYPES = ("last", "mean", "max", "concat")
 # Chunk prefixes of each tag scheme a CRF can be constrained to (`crf_scheme`); "O" is outside every chunk.
@@ -258,7 +276,7 @@ class RNNLMConfig(PretrainedConfig):
                 )
             for size in self.hidden_sizes:
                 _check_positive_int("hidden_sizes", size)
-        _check_choice("cell_type", self.cell_type, CELL_TYPES)
+        _check_choice("cell_type", self.cell_type, tuple(CELL_TYPES))
         _check_choice("rnn_nonlinearity", self.rnn_nonlinearity, NONLINEARITIES)
         _check_choice("classifier_pooling", self.classifier_pooling, POOLING_TYPES)
         for name in ("char_cnn_filters", "char_vocab_size", "head_rnn_size", "head_embedding_size"):
@@ -429,9 +447,14 @@ class RNNLMConfig(PretrainedConfig):
         return self.input_size if self.output_projection else self.lm_feature_size
 
     @property
+    def cell(self) -> CellType:
+        """The entry of `cell_type` in the table of cell types."""
+        return CELL_TYPES[self.cell_type]
+
+    @property
     def num_states(self) -> int:
         """Recurrent state tensors per layer: (h, c) for LSTM, h otherwise."""
-        return 2 if self.cell_type == "lstm" else 1
+        return self.cell.num_states
 
     @property
     def layer_types(self) -> list[str]:

@@ -24,7 +24,6 @@ RESULTS_FILES = ("eval_results.json", "test_results.json", METRICS_FILE)
 WEIGHTS_FILE, WEIGHTS_INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 # A run that does not record its dataset: its model-index entry, and the words the card's prose uses.
 UNKNOWN_DATASET, UNRECORDED_DATASET_TEXT = "unknown", "an unrecorded dataset"
-CELL_NAMES = {"rnn": "Elman RNN", "lstm": "LSTM", "gru": "GRU"}
 # Metric-key prefix written by Trainer.evaluate/predict -> dataset split in the model-index.
 SPLIT_OF_PREFIX = {"eval": "validation", "test": "test", "predict": "test"}
 # Run bookkeeping, not results: kept out of the model-index.
@@ -241,7 +240,7 @@ def _card_context(
     parameters = count_parameters(folder)
     citation_keys = [
         *(["bengio2003", "mikolov2010"] if run["task"] == "causal-lm" else []),
-        {"rnn": "elman1990", "lstm": "hochreiter1997", "gru": "cho2014"}[cell],
+        config.cell.citation,
         *(["schuster1997"] if bidirectional else []),
         *(["zaremba2014"] if dropout > 0 else []),
         *(["press2017", "inan2017"] if tied and run["task"] == "causal-lm" else []),
@@ -249,6 +248,8 @@ def _card_context(
         *(["kim2016"] if config.char_cnn_filters else []),
         *(["akbik2018"] if config.word_separator_id is not None else []),
         *(["lample2016"] if config.use_crf and run["task"] == "token-classification" else []),
+        *(["merity2018"] if uses_awd_lstm(config, arguments) else []),
+        *(["howard2018"] if uses_ulmfit(config, arguments, run["task"]) else []),
     ]
     labels = config.id2label or {}
     return {
@@ -256,7 +257,7 @@ def _card_context(
         "repo_id": repo_id,
         "task": run["task"],
         "head": head,
-        "cell_name": CELL_NAMES[cell] + (f" ({config.rnn_nonlinearity})" if cell == "rnn" else ""),
+        "cell_name": config.cell.name + (f" ({config.rnn_nonlinearity})" if cell == "rnn" else ""),
         "config": config,
         "embedding_size": config.input_size,
         "bidirectional": bidirectional,
@@ -414,7 +415,39 @@ CITATIONS = {
   booktitle = {International Conference on Learning Representations},
   year      = {2017}
 }""",
+    "merity2018": """@inproceedings{merity2018regularizing,
+  title     = {Regularizing and Optimizing {LSTM} Language Models},
+  author    = {Merity, Stephen and Keskar, Nitish Shirish and Socher, Richard},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2018}
+}""",
+    "howard2018": """@inproceedings{howard2018universal,
+  title     = {Universal Language Model Fine-tuning for Text Classification},
+  author    = {Howard, Jeremy and Ruder, Sebastian},
+  booktitle = {Proceedings of ACL},
+  pages     = {328--339},
+  year      = {2018}
+}""",
 }
+
+
+# AWD-LSTM's tricks (Merity et al. 2018): weight drop, embedding and locked dropout (config fields), AR/TAR, NT-ASGD
+# and variable-length BPTT (training options); ULMFiT's (Howard & Ruder 2018): concat pooling (config), discriminative
+# learning rates, gradual unfreezing and target-task LM fine-tuning (training options).
+AWD_LSTM_FIELDS = ("weight_drop", "dropout_embedding", "dropout_input", "dropout_hidden", "dropout_output")
+AWD_LSTM_OPTIONS = ("activation_regularization", "temporal_activation_regularization", "nt_asgd", "variable_bptt")
+ULMFIT_OPTIONS = ("layerwise_lr_decay", "gradual_unfreezing", "lm_adaptation_epochs")
+
+
+def uses_awd_lstm(config: RNNLMConfig, arguments: dict[str, Any]) -> bool:
+    return any(getattr(config, name, 0) for name in AWD_LSTM_FIELDS) or any(
+        arguments.get(name) for name in AWD_LSTM_OPTIONS
+    )
+
+
+def uses_ulmfit(config: RNNLMConfig, arguments: dict[str, Any], task: str) -> bool:
+    concat_pooling = task == "sequence-classification" and config.classifier_pooling == "concat"
+    return concat_pooling or any(arguments.get(name) for name in ULMFIT_OPTIONS)
 
 
 def read_json(path: Path, fix: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_rnn_lm import CRF_SCHEMES, RNNLMConfig
+from .configuration_rnn_lm import CELL_TYPES, CRF_SCHEMES, RNNLMConfig
 
 
 logger = logging.get_logger(__name__)
@@ -31,9 +31,10 @@ logger = logging.get_logger(__name__)
 # transformers 5.24 renamed the cache kwarg/output field `past_key_values` -> `cache`; earlier 5.x use the old name.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
-RNN_CLASSES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # Label id that the losses (torch's cross-entropy) and the package's metrics skip: padding, unlabelled sub-words.
 IGNORE_INDEX = -100
+# The cell type a recurrent module runs (the head RNN's LSTM included), for its initialisation.
+CELL_OF_MODULE = {cell.module: cell for cell in CELL_TYPES.values()}
 
 
 def accepts_legacy_cache_names(forward):
@@ -232,6 +233,12 @@ def check_labels(labels: torch.Tensor, shape: torch.Size, name: str = "labels", 
         )
 
 
+def trim_mask(attention_mask: torch.Tensor | None, inputs: torch.Tensor | None) -> torch.Tensor | None:
+    """A head's mask for its own positions: the last `seq_len` entries (a running mask may be longer than the call's
+    inputs), so everything after the encoder reads one (batch, seq_len) mask."""
+    return attention_mask if attention_mask is None else attention_mask[:, -inputs.shape[1] :]
+
+
 class RNNLMTokenSpelling(nn.Module):
     """Character-aware tokens (Kim et al. 2016, https://arxiv.org/abs/1508.06615; CharacterBERT for word pieces): a
     CNN over each token's characters, max-pooled over them. The characters of every vocabulary entry are a buffer
@@ -264,18 +271,20 @@ def spelling_table(tokens: list[str], max_chars: int) -> tuple[torch.Tensor, dic
 
 
 class RNNLMLayer(GradientCheckpointingLayer):
-    """One recurrent layer. Layers are separate modules so every layer's hidden states can be returned."""
+    """One recurrent layer, of the config's cell type (`CELL_TYPES`). Layers are separate modules so every layer's
+    hidden states can be returned. The layer owns the conversion between the cache's state layout and its module's."""
 
     def __init__(self, config: RNNLMConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
         self.cell_type = config.cell_type
+        self.num_states = config.num_states
         # Separate directions: each direction's stack has its own unidirectional layers (the model runs them).
         joint = config.bidirectional and not config.separate_directions
-        self.num_directions = 2 if joint else 1
+        self.module_directions = 2 if joint else 1  # directions inside this module (1 per stack when separate)
         self.weight_drop = config.weight_drop
         extra = {"nonlinearity": config.rnn_nonlinearity} if config.cell_type == "rnn" else {}
-        self.rnn = RNN_CLASSES[config.cell_type](
+        self.rnn = getattr(nn, config.cell.module)(
             input_size=config.layer_input_size(layer_idx),
             hidden_size=config.layer_hidden_sizes[layer_idx],
             batch_first=True,
@@ -292,16 +301,25 @@ class RNNLMLayer(GradientCheckpointingLayer):
         # hidden_states: (batch, seq_len, input_size), or packed data (total_tokens, input_size) with its `packing`
         # layout: plain tensors, so reentrant gradient checkpointing sees (and recomputes) this layer.
         # state: (batch, num_states * num_directions, hidden)
-        hx = None
-        if state is not None:
-            hx = state.transpose(0, 1).contiguous()  # torch layout: (num_states * num_directions, batch, hidden)
-            if self.cell_type == "lstm":
-                hx = (hx[: self.num_directions].contiguous(), hx[self.num_directions :].contiguous())
         inputs = PackedSequence(hidden_states, *packing) if packing is not None else hidden_states
-        output, hx = self.run_rnn(inputs, hx)
+        output, hx = self.run_rnn(inputs, self.to_module_state(state))
         output = output.data if packing is not None else output
-        hx = torch.cat(hx, dim=0) if self.cell_type == "lstm" else hx
-        return output, hx.transpose(0, 1)
+        return output, self.from_module_state(hx)
+
+    def to_module_state(self, state: torch.Tensor | None):
+        """The cache layout (batch, num_states * num_directions, hidden) as torch's: (num_directions, batch, hidden)
+        per state tensor, a tuple (h, c) for LSTM."""
+        if state is None:
+            return None
+        hx = state.transpose(0, 1).contiguous()  # (num_states * num_directions, batch, hidden)
+        if self.num_states == 1:
+            return hx
+        return tuple(part.contiguous() for part in hx.split(self.module_directions))
+
+    def from_module_state(self, hx) -> torch.Tensor:
+        """torch's state back in the cache layout (batch, num_states * num_directions, hidden)."""
+        hx = torch.cat(hx, dim=0) if isinstance(hx, tuple) else hx
+        return hx.transpose(0, 1)
 
     def run_rnn(self, inputs, hx):
         if not (self.training and self.weight_drop > 0):
@@ -369,11 +387,12 @@ class RNNLMPreTrainedModel(PreTrainedModel):
                     init.zeros_(param)
                 # Forget-gate bias 1 lets an LSTM remember by default (Jozefowicz et al. 2015). A slice loses the
                 # "already loaded" flag, so check it on the whole tensor.
-                is_forget_bias = isinstance(module, nn.LSTM) and name.startswith("bias_ih")
+                cell = CELL_OF_MODULE.get(type(module).__name__)
+                is_forget_bias = cell is not None and cell.forget_gate is not None and name.startswith("bias_ih")
                 loaded = getattr(param, "_is_hf_initialized", False)
                 if is_forget_bias and not self.config.init_recurrent_uniform and not loaded:
-                    hidden = module.hidden_size
-                    init.constant_(param[hidden : 2 * hidden], 1.0)
+                    gate = cell.gates.index(cell.forget_gate)
+                    init.constant_(param.view(len(cell.gates), module.hidden_size)[gate], 1.0)
 
     def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
         embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
@@ -457,14 +476,16 @@ class RNNLMModel(RNNLMPreTrainedModel):
             embeds = torch.cat([embeds, self.spelling(input_ids)], -1)
         return embeds
 
-    def read_state(self, cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
-        if cache is None:
-            return None
-        layer = cache.layers[layer_idx]
+    @staticmethod
+    def holds_state(cache: Cache | None, layer_idx: int = 0) -> bool:
+        """Whether `cache` holds a state for this layer (a new cache, or none, starts from zeros)."""
         # Read the layer directly: `Cache.get_recurrent_state` only exists from transformers 5.21.
-        if not layer.has_previous_state[0]:
+        return cache is not None and cache.layers[layer_idx].has_previous_state[0]
+
+    def read_state(self, cache: Cache | None, layer_idx: int) -> torch.Tensor | None:
+        if not self.holds_state(cache, layer_idx):
             return None
-        state = layer.recurrent_states[0]
+        state = cache.layers[layer_idx].recurrent_states[0]
         # The next write updates this buffer in place: when training through a carried state (truncated BPTT),
         # autograd must hold its own copy.
         return state.clone() if torch.is_grad_enabled() else state
@@ -504,8 +525,7 @@ class RNNLMModel(RNNLMPreTrainedModel):
         return (
             num_new == 1
             and attention_mask is None
-            and cache is not None
-            and cache.layers[0].has_previous_state[0]
+            and self.holds_state(cache)
             and not self.training
             and not torch.is_grad_enabled()  # the states are overwritten in place, so nothing may hold them for backward
         )
@@ -574,6 +594,21 @@ class RNNLMModel(RNNLMPreTrainedModel):
             tuple(torch.stack([f, b], 2).flatten(1, 2) for f, b in zip(forward_states, states)),
         )
 
+    def prefix_eos(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None):
+        """`start_after_eos`: the embedded `<eos>` before every row (batch, 1 + seq_len, input_size), its mask entry 1."""
+        batch = inputs_embeds.shape[0]
+        eos = torch.full((batch, 1), self.config.eos_token_id, device=inputs_embeds.device)
+        inputs_embeds = torch.cat([self.embed(eos), inputs_embeds], 1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask.new_ones(batch, 1), attention_mask], 1)
+        return inputs_embeds, attention_mask
+
+    @staticmethod
+    def strip_eos(hidden_states: torch.Tensor, all_hidden_states: tuple | None):
+        """The outputs without the prefixed `<eos>` position: the caller's positions only."""
+        all_hidden_states = tuple(h[:, 1:] for h in all_hidden_states) if all_hidden_states is not None else None
+        return hidden_states[:, 1:], all_hidden_states
+
     @accepts_legacy_cache_names
     def forward(
         self,
@@ -629,13 +664,9 @@ class RNNLMModel(RNNLMPreTrainedModel):
             # generate() passes the full running mask with only the new tokens: keep the part of this call.
             attention_mask = attention_mask[:, -num_new:]
         # A fresh state first reads an <eos>: stream training saw every line start after one (`start_after_eos`).
-        start = int(self.config.start_after_eos and (cache is None or not cache.layers[0].has_previous_state[0]))
-        if start:
-            batch = inputs_embeds.shape[0]
-            eos = torch.full((batch, 1), self.config.eos_token_id, device=inputs_embeds.device)
-            inputs_embeds = torch.cat([self.embed(eos), inputs_embeds], 1)  # (batch, 1 + seq_len, input_size)
-            if attention_mask is not None:
-                attention_mask = torch.cat([attention_mask.new_ones(batch, 1), attention_mask], 1)
+        prefixed = self.config.start_after_eos and not self.holds_state(cache)
+        if prefixed:
+            inputs_embeds, attention_mask = self.prefix_eos(inputs_embeds, attention_mask)
         packer = None
         if attention_mask is not None and not bool(attention_mask.all()):
             packer = PaddingPacker(attention_mask)
@@ -648,9 +679,8 @@ class RNNLMModel(RNNLMPreTrainedModel):
                 inputs_embeds, packer, output_hidden_states, hidden_states, layer_outputs, final_states
             )
         all_hidden_states = (inputs_embeds, *layer_outputs) if output_hidden_states else None
-        if start:  # outputs only for the caller's positions
-            hidden_states = hidden_states[:, start:]
-            all_hidden_states = tuple(h[:, start:] for h in all_hidden_states) if output_hidden_states else None
+        if prefixed:  # outputs only for the caller's positions
+            hidden_states, all_hidden_states = self.strip_eos(hidden_states, all_hidden_states)
         if isinstance(cache, RNNLMCache):
             cache.advance(num_new)
 
@@ -818,8 +848,12 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         model_inputs["attention_mask"] = None if decoding else attention_mask
         return model_inputs
 
-    def project(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.projection(hidden_states) if self.projection is not None else hidden_states
+    def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The output layer: one direction's features (..., lm_feature_size) to logits (..., vocab_size), through the
+        projection to the tied embedding size when there is one. Every path to logits goes through here."""
+        if self.projection is not None:
+            hidden_states = self.projection(hidden_states)
+        return self.lm_head(hidden_states)
 
     @staticmethod
     def backward_targets(input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -872,8 +906,8 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         # A bidirectional LM: the forward half predicts the next token, the backward half the previous one.
         forward_states, *backward_states = hidden_states[:, keep].split(self.config.lm_feature_size, dim=-1)
-        logits = self.lm_head(self.project(forward_states))  # (batch, seq_len, vocab_size)
-        logits_backward = self.lm_head(self.project(backward_states[0])) if backward_states else None
+        logits = self.logits(forward_states)  # (batch, seq_len, vocab_size)
+        logits_backward = self.logits(backward_states[0]) if backward_states else None
 
         loss = loss_forward = loss_backward = None
         if labels is not None or kwargs.get("shift_labels") is not None:
@@ -952,7 +986,7 @@ class RNNLMHeadRNN(nn.Module):
         if attention_mask is None or bool(attention_mask.all()):
             outputs, (last, _) = self.rnn(features)
             return outputs, last.transpose(0, 1).flatten(1)
-        packer = PaddingPacker(attention_mask[:, -features.shape[1] :])
+        packer = PaddingPacker(attention_mask)
         data, packing = packer.pack(features)
         outputs, (last, _) = self.rnn(PackedSequence(data, *packing))
         last = packer.final_state(last.transpose(0, 1), None)  # rows without a real token: zeros
@@ -1077,7 +1111,7 @@ def word_start_index(
     real token that follows a separator, padding or the start of the row (left or right padding alike)."""
     breaks = input_ids == separator_id  # (batch, seq_len)
     if attention_mask is not None:
-        breaks = breaks | (attention_mask[:, -input_ids.shape[1] :] == 0)
+        breaks = breaks | (attention_mask == 0)
     after_break = torch.cat([torch.ones_like(breaks[:, :1]), breaks[:, :-1]], 1)
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return torch.where(~breaks & after_break, positions, 0).cummax(1).values
@@ -1129,6 +1163,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        attention_mask = trim_mask(attention_mask, input_ids if input_ids is not None else inputs_embeds)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1188,7 +1223,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         if names != ("last",):
             if attention_mask is None:
                 attention_mask = torch.ones(hidden_states.shape[:2], device=hidden_states.device)
-            mask = attention_mask[:, -hidden_states.shape[1] :, None].to(hidden_states.dtype)  # (batch, seq_len, 1)
+            mask = attention_mask[..., None].to(hidden_states.dtype)  # (batch, seq_len, 1)
         pooled = {}  # each (batch, head_feature_size)
         if "last" in names and self.head_rnn is not None:
             pooled["last"] = head_last  # the head RNN's own final states
@@ -1227,6 +1262,7 @@ class RNNLMForSequenceClassification(RNNLMPreTrainedModel):
         )
         if attention_mask is None and input_ids is not None and self.config.pad_token_id is not None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
+        attention_mask = trim_mask(attention_mask, input_ids if input_ids is not None else inputs_embeds)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -18,10 +18,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from rnn_lm_hf import RNNLMConfig  # noqa: E402
+from rnn_lm_hf.configuration_rnn_lm import CELL_TYPES  # noqa: E402
 from rnn_lm_hf.modeling_rnn_lm import CACHE_FIELD  # noqa: E402
 
 
-CELL_TYPES = ["rnn", "lstm", "gru"]
+CELL_TYPES = list(CELL_TYPES)  # every cell of the package's table
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY_TEXT = [
     "the writer of the books is here .",

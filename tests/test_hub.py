@@ -190,6 +190,31 @@ def test_card_parses_and_model_index_equals_the_run_metrics(trained_dir):
     assert "@article{hochreiter1997long" in text and "@article{zaremba2014recurrent" in text
 
 
+@pytest.mark.parametrize(
+    ("change", "cited", "not_cited"),
+    [
+        ({}, [], ["merity2018", "howard2018"]),
+        ({"config": {"weight_drop": 0.5}}, ["merity2018"], ["howard2018"]),
+        ({"arguments": {"nt_asgd": True}}, ["merity2018"], ["howard2018"]),
+        ({"arguments": {"gradual_unfreezing": True}}, ["howard2018"], ["merity2018"]),
+    ],
+    ids=["plain", "weight-drop", "nt-asgd", "gradual-unfreezing"],
+)
+def test_card_cites_awd_lstm_and_ulmfit_where_their_options_are_used(model_dir, change, cited, not_cited):
+    """AWD-LSTM (Merity et al. 2018) for its regularisers and NT-ASGD, ULMFiT (Howard & Ruder 2018) for its
+    fine-tuning tricks: cited when the run's config or arguments use them, and only then."""
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, **change.get("config", {})}))
+    run = json.loads((model_dir / "run_info.json").read_text())
+    run["arguments"] = {**run["arguments"], **change.get("arguments", {})}
+    (model_dir / "run_info.json").write_text(json.dumps(run))
+    text = write_model_card(model_dir).read_text()
+    for key in cited:
+        assert f"{{{key}" in text, key
+    for key in not_cited:
+        assert f"{{{key}" not in text, key
+
+
 def test_card_counts_the_stored_parameters(trained_dir):
     model = RNNLMForCausalLM.from_pretrained(trained_dir)
     unique = sum(p.numel() for p in model.parameters())  # tied weights counted once, as they are stored
