@@ -284,6 +284,8 @@ SCENARIOS = {
                 f"{os.environ.get('DOCUMENTED_GPUS', '4')} training/train_clm.py --train_file my.txt "
                 "--output_dir out/gpus --num_train_epochs 1",
             ),
+            # AWD-LSTM at the paper's size (24M parameters): its final one-stream evaluations of PTB take long on a CPU.
+            Step("rnn-lm train training/configs/awd_lstm_ptb.json", extra="--max_steps 2"),
             Step("bash bench/gpu_bundle.sh && bash bench/gpu_session.sh"),
             Step("bash bench/gpu_bundle.sh"),
             Step(
@@ -292,6 +294,7 @@ SCENARIOS = {
             ),
         ],
         marks=(pytest.mark.gpu,),
+        needs_shared=True,
     ),
     "README: why RNNs need gates": Scenario(
         [
@@ -353,12 +356,8 @@ SCENARIOS = {
                 extra="--max_steps 5 --eval_strategy no",
             ),
             Step(
-                "rnn-lm train training/configs/awd_lstm_ptb.json",
-                extra="--max_steps 2 --eval_strategy no --max_train_minutes 5",
-            ),
-            Step(
                 "rnn-lm train training/configs/ptb_awd_budget_cpu.json",
-                extra="--max_steps 5 --eval_strategy no",
+                extra="--max_steps 5",
             ),
             Step(
                 "rnn-lm evaluate runs/ptb_awd_budget_cpu --file ../shared/data/ptb/ptb.test.txt --neural_cache "
@@ -368,16 +367,16 @@ SCENARIOS = {
             ),
             Step(
                 "rnn-lm train-tagger training/configs/wnut17_bilstm.json",
-                extra="--max_steps 5 --eval_strategy no",
+                extra="--max_steps 5",  # it keeps the best epoch's model: its eval strategy stays
             ),
             Step(
                 "rnn-lm train-classifier training/configs/rt_polarity_bilstm.json",
-                extra="--max_steps 5 --eval_strategy no --cv_fold_indices 0",
+                extra="--max_steps 5 --cv_fold_indices 0",
             ),
             Step(
                 "rnn-lm train training/configs/wikitext2_lm_transfer.json --use_cpu false",
-                "rnn-lm train training/configs/wikitext2_lm_transfer.json --max_steps 5 --eval_strategy no "
-                "--use_cpu true",  # the README: on CPU, drop --use_cpu false
+                "rnn-lm train training/configs/wikitext2_lm_transfer.json --max_steps 5 --use_cpu true",  # README: on
+                # CPU, drop --use_cpu false
             ),
             Step(
                 "rnn-lm train-classifier --model_name_or_path runs/lm_wikitext2 --train_file "
@@ -392,12 +391,12 @@ SCENARIOS = {
             ),
             Step(
                 "rnn-lm train training/configs/wikitext2_bilm.json --output_dir runs/bilm_wikitext2",
-                extra="--max_steps 5 --eval_strategy no",
+                extra="--max_steps 5",
             ),
             Step(
                 "rnn-lm train-tagger training/configs/ud_ewt_upos_bilstm.json --model_name_or_path "
                 "runs/bilm_wikitext2 --config_overrides use_crf=true,layer_mix=true --output_dir runs/ud_from_bilm",
-                extra="--max_steps 5 --eval_strategy no --max_eval_samples 50 --max_predict_samples 50",
+                extra="--max_steps 5 --max_eval_samples 50 --max_predict_samples 50",
                 check=trained("runs/ud_from_bilm"),
             ),
         ],
