@@ -489,6 +489,7 @@ def sandbox_for(tmp_path: Path, needs_shared: bool) -> Path:
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=scenario.marks) for name, scenario in SCENARIOS.items()])
+@pytest.mark.timeout(3600)  # the slow scenarios run whole recipes' set-up and evaluation; each step has its own limit
 def test_documented_commands_run_as_shown(name, tmp_path):
     scenario = SCENARIOS[name]
     sandbox = sandbox_for(tmp_path, scenario.needs_shared)
