@@ -99,9 +99,13 @@ def _norm(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 
 def recurrent_spectral_norms(model) -> list[dict]:
-    """The largest singular value of each layer's W_hh, whole and per gate (LSTM: i, f, g, o; GRU: r, z, n)."""
+    """The largest singular value of each layer's W_hh, whole and per gate (LSTM: i, f, g, o; GRU: r, z, n). A cell
+    whose state enters no matrix (no `weight_hh_l0`) has none: `sigma_max` None."""
     result = []
     for layer in model.model.layers:
+        if not hasattr(layer.rnn, "weight_hh_l0"):
+            result.append({"sigma_max": None, "per_gate": {}})
+            continue
         weight = layer.rnn.weight_hh_l0.detach().float()  # (gates * hidden, hidden)
         gates = model.config.cell.gates
         per_gate = {
@@ -157,7 +161,7 @@ def plot_gradient_flow(results: dict[str, dict], path: str | Path) -> None:
         flow, sigmas = result["gradients"], [s["sigma_max"] for s in result["spectral_norms"]]
         curves = [flow["embeddings"], *flow["layers"]]
         for panel, curve in enumerate(curves):
-            suffix = f" (σmax W_hh {sigmas[panel - 1]:.2f})" if panel else ""
+            suffix = f" (σmax W_hh {sigmas[panel - 1]:.2f})" if panel and sigmas[panel - 1] is not None else ""
             axes[0, panel].plot(flow["distance"], curve, label=label + suffix)
     for panel, axis in enumerate(axes[0]):
         axis.set_yscale("log")

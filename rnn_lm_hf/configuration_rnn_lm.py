@@ -12,18 +12,64 @@ class CellType:
     and the tests read `CELL_TYPES`: a new cell is one entry here plus its module."""
 
     name: str  # display name (model card, plots)
-    module: str  # the `torch.nn` recurrent module class that runs it
+    # The module class that runs it: a `torch.nn` recurrent module, or a class of `modeling_rnn_lm.py` with the same
+    # interface (batch-first tensor or PackedSequence in, (output, h_n) out; `weight_ih_l0`-style parameter names).
+    module: str
     num_states: int  # state tensors per direction: 2 for LSTM (h, c), else 1 (h)
     gates: tuple[str, ...]  # the row blocks of W_ih / W_hh, in the module's order
-    citation: str  # BibTeX key of the cell's paper (model_card.BIBTEX)
+    citation: str  # BibTeX of the cell's paper (the model card cites it)
     forget_gate: str | None = None  # the gate whose bias starts at 1 (Jozefowicz et al. 2015), if any
+    # The weights `weight_drop` masks (DropConnect): the recurrent W_hh, or, for a cell whose state enters no matrix,
+    # its gates' input weights W_ih (as AWD-LSTM does for its QRNN).
+    weight_drop_on: str = "weight_hh"
 
 
 # Kept in one place so the error messages and the model agree on what exists.
 CELL_TYPES = {
-    "rnn": CellType("Elman RNN", "RNN", 1, ("h",), "elman1990"),
-    "lstm": CellType("LSTM", "LSTM", 2, ("i", "f", "g", "o"), "hochreiter1997", forget_gate="f"),
-    "gru": CellType("GRU", "GRU", 1, ("r", "z", "n"), "cho2014"),
+    "rnn": CellType(
+        "Elman RNN",
+        "RNN",
+        1,
+        ("h",),
+        citation="""@article{elman1990finding,
+  title   = {Finding Structure in Time},
+  author  = {Elman, Jeffrey L.},
+  journal = {Cognitive Science},
+  volume  = {14},
+  number  = {2},
+  pages   = {179--211},
+  year    = {1990}
+}""",
+    ),
+    "lstm": CellType(
+        "LSTM",
+        "LSTM",
+        2,
+        ("i", "f", "g", "o"),
+        citation="""@article{hochreiter1997long,
+  title   = {Long Short-Term Memory},
+  author  = {Hochreiter, Sepp and Schmidhuber, J{\\"u}rgen},
+  journal = {Neural Computation},
+  volume  = {9},
+  number  = {8},
+  pages   = {1735--1780},
+  year    = {1997}
+}""",
+        forget_gate="f",
+    ),
+    "gru": CellType(
+        "GRU",
+        "GRU",
+        1,
+        ("r", "z", "n"),
+        citation="""@inproceedings{cho2014learning,
+  title     = {Learning Phrase Representations using {RNN} Encoder--Decoder for Statistical Machine Translation},
+  author    = {Cho, Kyunghyun and van Merri{\\"e}nboer, Bart and Gulcehre, Caglar and Bahdanau, Dzmitry and Bougares, Fethi and Schwenk, Holger and Bengio, Yoshua},
+  booktitle = {Proceedings of EMNLP},
+  pages     = {1724--1734},
+  year      = {2014}
+}""",
+    ),
 }
 NONLINEARITIES = ("tanh", "relu")
 POOLING_TYPES = ("last", "mean", "max", "concat")
@@ -49,7 +95,7 @@ class RNNLMConfig(PretrainedConfig):
         num_hidden_layers (`int`, *optional*, defaults to 2):
             Number of stacked recurrent layers.
         cell_type (`str`, *optional*, defaults to `"lstm"`):
-            One of `"rnn"` (Elman), `"lstm"` or `"gru"`.
+            A key of `CELL_TYPES`: `"rnn"` (Elman), `"lstm"` or `"gru"`.
         rnn_nonlinearity (`str`, *optional*, defaults to `"tanh"`):
             `f` of the `rnn` cell, `"tanh"` or `"relu"`. Ignored by LSTM and GRU, whose gates fix their own.
         bidirectional (`bool`, *optional*, defaults to `False`):
@@ -80,6 +126,7 @@ class RNNLMConfig(PretrainedConfig):
         weight_drop (`float`, *optional*, defaults to 0.0):
             DropConnect on the hidden-to-hidden weights `W_hh` (Wan et al. 2013; AWD-LSTM, Merity et al. 2018): a new
             mask per training forward, shared by every time step, so the fused cuDNN kernel still runs. None in eval.
+            A cell whose state enters no matrix masks its gates' input weights instead (`CellType.weight_drop_on`).
         output_projection (`bool`, *optional*, defaults to `True`):
             When `embedding_size != hidden_size`, project the last hidden state to `embedding_size` before the output
             layer, so the output layer can share the input embedding matrix.

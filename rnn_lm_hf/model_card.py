@@ -239,8 +239,6 @@ def _card_context(
     tied, dropout, bidirectional = config.tie_word_embeddings, config.dropout, config.bidirectional
     parameters = count_parameters(folder)
     citation_keys = [
-        *(["bengio2003", "mikolov2010"] if run["task"] == "causal-lm" else []),
-        config.cell.citation,
         *(["schuster1997"] if bidirectional else []),
         *(["zaremba2014"] if dropout > 0 else []),
         *(["press2017", "inan2017"] if tied and run["task"] == "causal-lm" else []),
@@ -276,7 +274,11 @@ def _card_context(
         "recipe": [(k, arguments[k]) for k in RECIPE_ARGUMENTS if arguments.get(k) not in (None, "", -1)],
         "wall_time": _duration(run.get("wall_time_s")),
         "results": [(split, metric, _number(value)) for split, metric, value in results],
-        "citations": [CITATIONS[key] for key in citation_keys],
+        "citations": [
+            *(CITATIONS[key] for key in (["bengio2003", "mikolov2010"] if run["task"] == "causal-lm" else [])),
+            config.cell.citation,  # the cell's own BibTeX, from the table of cell types
+            *(CITATIONS[key] for key in citation_keys),
+        ],
         "versions": _versions(),
     }
 
@@ -333,31 +335,6 @@ CITATIONS = {
   booktitle = {Interspeech},
   pages     = {1045--1048},
   year      = {2010}
-}""",
-    "elman1990": """@article{elman1990finding,
-  title   = {Finding Structure in Time},
-  author  = {Elman, Jeffrey L.},
-  journal = {Cognitive Science},
-  volume  = {14},
-  number  = {2},
-  pages   = {179--211},
-  year    = {1990}
-}""",
-    "hochreiter1997": """@article{hochreiter1997long,
-  title   = {Long Short-Term Memory},
-  author  = {Hochreiter, Sepp and Schmidhuber, J{\\"u}rgen},
-  journal = {Neural Computation},
-  volume  = {9},
-  number  = {8},
-  pages   = {1735--1780},
-  year    = {1997}
-}""",
-    "cho2014": """@inproceedings{cho2014learning,
-  title     = {Learning Phrase Representations using {RNN} Encoder--Decoder for Statistical Machine Translation},
-  author    = {Cho, Kyunghyun and van Merri{\\"e}nboer, Bart and Gulcehre, Caglar and Bahdanau, Dzmitry and Bougares, Fethi and Schwenk, Holger and Bengio, Yoshua},
-  booktitle = {Proceedings of EMNLP},
-  pages     = {1724--1734},
-  year      = {2014}
 }""",
     "schuster1997": """@article{schuster1997bidirectional,
   title   = {Bidirectional Recurrent Neural Networks},

@@ -1,4 +1,4 @@
-"""Recurrent language models (Elman RNN, LSTM, GRU) as transformers models.
+"""Recurrent language models (every cell of the config's `CELL_TYPES`: Elman RNN, LSTM, GRU, ...) as transformers models.
 
 One file, importing only torch, transformers and the sibling config, so `save_pretrained` can ship it as Hub code.
 """
@@ -270,6 +270,11 @@ def spelling_table(tokens: list[str], max_chars: int) -> tuple[torch.Tensor, dic
     return table, characters
 
 
+def cell_module(name: str) -> type[nn.Module]:
+    """The module class a cell type names (`CellType.module`): torch's own, or one defined in this file."""
+    return getattr(nn, name) if hasattr(nn, name) else globals()[name]
+
+
 class RNNLMLayer(GradientCheckpointingLayer):
     """One recurrent layer, of the config's cell type (`CELL_TYPES`). Layers are separate modules so every layer's
     hidden states can be returned. The layer owns the conversion between the cache's state layout and its module's."""
@@ -284,7 +289,8 @@ class RNNLMLayer(GradientCheckpointingLayer):
         self.module_directions = 2 if joint else 1  # directions inside this module (1 per stack when separate)
         self.weight_drop = config.weight_drop
         extra = {"nonlinearity": config.rnn_nonlinearity} if config.cell_type == "rnn" else {}
-        self.rnn = getattr(nn, config.cell.module)(
+        self.weight_drop_on = config.cell.weight_drop_on
+        self.rnn = cell_module(config.cell.module)(
             input_size=config.layer_input_size(layer_idx),
             hidden_size=config.layer_hidden_sizes[layer_idx],
             batch_first=True,
@@ -324,12 +330,12 @@ class RNNLMLayer(GradientCheckpointingLayer):
     def run_rnn(self, inputs, hx):
         if not (self.training and self.weight_drop > 0):
             return self.rnn(inputs, hx)
-        # DropConnect on W_hh (AWD-LSTM): the dropped matrices stand in for this call only, through functional_call,
+        # DropConnect on W_hh (AWD-LSTM; the table's `weight_drop_on`): the dropped matrices stand in for this call only, through functional_call,
         # so the fused kernel still runs, gradients reach the raw weights and the state dict keeps its plain names.
         dropped = {
             name: nn.functional.dropout(param, self.weight_drop, training=True)
             for name, param in self.rnn.named_parameters()
-            if name.startswith("weight_hh")
+            if name.startswith(self.weight_drop_on)
         }
         return torch.func.functional_call(self.rnn, dropped, (inputs, hx))
 
@@ -375,7 +381,7 @@ class RNNLMPreTrainedModel(PreTrainedModel):
             loaded = getattr(module.weight, "_is_hf_initialized", False)  # a row loses the flag: check the whole
             if getattr(module, "padding_idx", None) is not None and not loaded:  # the char CNN's padding reads zeros
                 init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.RNNBase):
+        elif isinstance(module, nn.RNNBase) or type(module).__name__ in CELL_OF_MODULE:  # every cell of the table
             for name, param in module.named_parameters():
                 if self.config.init_recurrent_uniform:  # Zaremba et al. 2014: every weight ~ U(-0.1, 0.1)
                     init.uniform_(param, -bound, bound)

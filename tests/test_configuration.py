@@ -141,7 +141,6 @@ def test_the_cell_table_drives_the_model_card_and_analysis(cell_type):
     """One entry of CELL_TYPES says what the package knows of a cell: its module, state tensors, gate blocks (the
     analysis's per-gate norms and the forget-gate init) and the card's name and citation."""
     from rnn_lm_hf.analysis import recurrent_spectral_norms
-    from rnn_lm_hf.model_card import CITATIONS
     from tests.conftest import cache_of
 
     cell = CELL_TYPES[cell_type]
@@ -149,11 +148,13 @@ def test_the_cell_table_drives_the_model_card_and_analysis(cell_type):
     model = RNNLMForCausalLM(config)
     layer = model.model.layers[0]
     assert type(layer.rnn).__name__ == cell.module and config.num_states == cell.num_states
-    assert layer.rnn.weight_hh_l0.shape[0] == len(cell.gates) * 8
-    assert list(recurrent_spectral_norms(model)[0]["per_gate"]) == list(cell.gates)
+    assert layer.rnn.weight_ih_l0.shape[0] == len(cell.gates) * 8
+    recurrent = hasattr(layer.rnn, "weight_hh_l0")  # a cell whose state enters no matrix has no W_hh to measure
+    assert list(recurrent_spectral_norms(model)[0]["per_gate"]) == (list(cell.gates) if recurrent else [])
+    assert any(name.startswith(cell.weight_drop_on) for name, _ in layer.rnn.named_parameters())
     bias = layer.rnn.bias_ih_l0.detach().view(len(cell.gates), 8)
     for gate, row in zip(cell.gates, bias):
         assert torch.all(row == (1.0 if gate == cell.forget_gate else 0.0)), gate
     state = cache_of(model.model(torch.tensor([[1, 2, 3]]), use_cache=True)).layers[0].recurrent_states[0]
     assert state.shape == (1, cell.num_states, 8)
-    assert cell.citation in CITATIONS
+    assert cell.citation.startswith("@") and cell.citation.endswith("}")  # BibTeX, cited by the card
