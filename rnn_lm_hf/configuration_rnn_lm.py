@@ -70,6 +70,19 @@ CELL_TYPES = {
   year      = {2014}
 }""",
     ),
+    "mingru": CellType(
+        "minGRU",
+        "MinGRU",
+        1,
+        ("z", "h"),
+        citation="""@article{feng2024were,
+  title   = {Were {RNN}s All We Needed?},
+  author  = {Feng, Leo and Tung, Frederick and Ahmed, Mohamed Osama and Bengio, Yoshua and Hajimirsadeghi, Hossein},
+  journal = {arXiv preprint arXiv:2410.01201},
+  year    = {2024}
+}""",
+        weight_drop_on="weight_ih",  # no W_hh: DropConnect on the gates' input weights, as AWD-LSTM's QRNN
+    ),
 }
 NONLINEARITIES = ("tanh", "relu")
 POOLING_TYPES = ("last", "mean", "max", "concat")

@@ -270,6 +270,102 @@ def spelling_table(tokens: list[str], max_chars: int) -> tuple[torch.Tensor, dic
     return table, characters
 
 
+def log_g(x: torch.Tensor) -> torch.Tensor:
+    """log g(x) of minGRU's candidate activation g(x) = x + 0.5 for x >= 0, sigmoid(x) below: positive and continuous,
+    so the state is a positive mix of positive values and its recurrence can run in log space."""
+    return torch.where(x >= 0, torch.log(x.clamp(min=0) + 0.5), -nn.functional.softplus(-x))
+
+
+class MinGRU(nn.Module):
+    """minGRU (Feng et al. 2024, "Were RNNs All We Needed?", https://arxiv.org/abs/2410.01201): a GRU whose gate and
+    candidate read only the input, so the state enters linearly and training runs in parallel over time:
+
+        z_t = sigmoid(W_z x_t + b_z),  h~_t = g(W_h x_t + b_h),  h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
+
+    Every position's gate and candidate come from one matrix product; the linear recurrence is then a scan in log
+    space (Heinsen 2023: log h_t = a*_t + logcumsumexp_k(log(z_k h~_k) - a*_k), a*_t = sum_{j<=t} log(1 - z_j)), in
+    fp32 under any autocast dtype, where products of many gates neither underflow nor lose precision. A single token
+    (decoding) is one O(1) step of the recurrence itself. Padded positions get z = 0 and so keep the state, which makes
+    both directions of a padded batch exact without reversing rows. The interface is torch's `nn.GRU` (batch-first
+    tensor or PackedSequence in, `(output, h_n)` out, `weight_ih_l0[_reverse]` rows [z; h]), so `RNNLMLayer` runs it
+    like the built-in cells.
+    """
+
+    # Positions per scan: a*_t grows with t, and fp32's rounding of log h_t with it (~6e-8 x |a*_t|); a sequence longer
+    # than this is scanned chunk by chunk, each starting from the last one's state.
+    scan_length = 128
+
+    def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True, bidirectional: bool = False):
+        super().__init__()
+        if not batch_first:
+            raise ValueError("MinGRU reads batch-first inputs only (batch_first=True).")
+        self.input_size, self.hidden_size, self.bidirectional = input_size, hidden_size, bidirectional
+        self.suffixes = ("_l0", "_l0_reverse") if bidirectional else ("_l0",)
+        for suffix in self.suffixes:
+            self.register_parameter(f"weight_ih{suffix}", nn.Parameter(torch.empty(2 * hidden_size, input_size)))
+            self.register_parameter(f"bias_ih{suffix}", nn.Parameter(torch.empty(2 * hidden_size)))
+        bound = 1 / math.sqrt(hidden_size)  # torch's own RNN default, until the model's _init_weights runs
+        for param in self.parameters():
+            nn.init.uniform_(param, -bound, bound)
+
+    def forward(self, inputs, hx: torch.Tensor | None = None):
+        # inputs: (batch, seq_len, input_size) or a PackedSequence of them; hx: (num_directions, batch, hidden)
+        mask = None
+        if isinstance(inputs, PackedSequence):
+            x, lengths = pad_packed_sequence(inputs, batch_first=True)  # (batch, max_len, input_size), rows unsorted
+            mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # (batch, max_len)
+            mask = mask.to(x.device)
+        else:
+            x = inputs
+        outputs, finals = [], []
+        for direction, suffix in enumerate(self.suffixes):
+            weight, bias = getattr(self, f"weight_ih{suffix}"), getattr(self, f"bias_ih{suffix}")
+            h0 = None if hx is None else hx[direction]
+            if direction == 0:
+                output, h_n = self.run(x, mask, h0, weight, bias)
+            else:  # the backward direction reads time reversed; padding (z = 0) keeps its state wherever it sits
+                output, h_n = self.run(x.flip(1), None if mask is None else mask.flip(1), h0, weight, bias)
+                output = output.flip(1)
+            outputs.append(output)
+            finals.append(h_n)
+        output = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]  # (batch, seq_len, D * hidden)
+        if mask is not None:  # back to the input's packed layout
+            order = inputs.sorted_indices
+            rows, sorted_lengths = (output, lengths) if order is None else (output[order], lengths[order.cpu()])
+            data = pack_padded_sequence(rows, sorted_lengths, batch_first=True).data
+            output = PackedSequence(data, inputs.batch_sizes, inputs.sorted_indices, inputs.unsorted_indices)
+        return output, torch.stack(finals)  # h_n: (num_directions, batch, hidden), fp32
+
+    def run(self, x, mask, h0, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """One direction: outputs (batch, seq_len, hidden) in the projection's dtype, final state (batch, hidden) fp32."""
+        projected = nn.functional.linear(x, weight, bias)  # (batch, seq_len, 2 * hidden), bf16 under autocast
+        gate, candidate = projected.float().chunk(2, -1)
+        keep = None if mask is None else mask.unsqueeze(-1)  # (batch, seq_len, 1)
+        if x.shape[1] == 1:  # one token: the recurrence itself, O(1)
+            z = torch.sigmoid(gate) if keep is None else torch.sigmoid(gate) * keep
+            candidate = torch.where(candidate >= 0, candidate + 0.5, torch.sigmoid(candidate))
+            h = z * candidate if h0 is None else torch.lerp(h0.float().unsqueeze(1), candidate, z)
+            return h.to(projected.dtype), h[:, -1]
+        log_forget = -nn.functional.softplus(gate)  # log(1 - z)
+        log_input = log_g(candidate) - nn.functional.softplus(-gate)  # log(z * h~)
+        if keep is not None:  # a pad: z = 0, the state passes unchanged (-1e30, as -inf has a NaN logcumsumexp grad)
+            log_forget = log_forget.masked_fill(~keep, 0.0)
+            log_input = log_input.masked_fill(~keep, -1e30)
+        h, chunks = None if h0 is None else h0.float(), []
+        for start in range(0, x.shape[1], self.scan_length):
+            log_a = log_forget[:, start : start + self.scan_length].cumsum(1)  # a*_t within the chunk
+            log_b = log_input[:, start : start + self.scan_length]
+            if h is not None:  # the carried state enters as position 0, whose a* is 0
+                log_b = torch.cat([h.clamp(min=1e-30).log().unsqueeze(1), log_b], 1)
+                log_a = nn.functional.pad(log_a, (0, 0, 1, 0))
+            chunk = (log_a + torch.logcumsumexp(log_b - log_a, 1)).exp()
+            chunk = chunk if h is None else chunk[:, 1:]
+            chunks.append(chunk)
+            h = chunk[:, -1]
+        h_all = torch.cat(chunks, 1) if len(chunks) > 1 else chunks[0]
+        return h_all.to(projected.dtype), h
+
+
 def cell_module(name: str) -> type[nn.Module]:
     """The module class a cell type names (`CellType.module`): torch's own, or one defined in this file."""
     return getattr(nn, name) if hasattr(nn, name) else globals()[name]

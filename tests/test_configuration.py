@@ -3,11 +3,11 @@ import logging
 
 import pytest
 import torch
-from torch import nn
 from transformers import AutoConfig
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForTokenClassification
 from rnn_lm_hf.configuration_rnn_lm import CELL_TYPES
+from rnn_lm_hf.modeling_rnn_lm import cell_module
 
 
 def test_defaults_construct_without_warnings(caplog):
@@ -104,9 +104,6 @@ def test_bidirectional_causal_lm_is_rejected():
         RNNLMForCausalLM(config)
 
 
-RNN_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-
-
 def build_seeded(config: RNNLMConfig) -> RNNLMForTokenClassification:
     torch.manual_seed(0)
     return RNNLMForTokenClassification(config).eval()
@@ -127,7 +124,8 @@ def test_cell_type_round_trip_builds_the_same_architecture(tmp_path, cell_type, 
     model, again = build_seeded(config), build_seeded(loaded)
     assert [type(module) for module in again.modules()] == [type(module) for module in model.modules()]
     for layer in again.model.layers:
-        assert type(layer.rnn) is RNN_MODULES[cell_type] and layer.rnn.bidirectional == bidirectional
+        module = cell_module(CELL_TYPES[cell_type].module)
+        assert type(layer.rnn) is module and layer.rnn.bidirectional == bidirectional
         assert cell_type != "rnn" or layer.rnn.nonlinearity == nonlinearity
     shapes = {name: param.shape for name, param in model.named_parameters()}
     assert {name: param.shape for name, param in again.named_parameters()} == shapes

@@ -267,8 +267,8 @@ def test_init_reinitialises_every_parameter_and_forget_bias(cell_type):
     if cell_type == "lstm":
         bias = model.model.layers[0].rnn.bias_ih_l0
         assert torch.all(bias[32:64] == 1.0) and torch.all(bias[:32] == 0.0)
-    weight_hh = model.model.layers[0].rnn.weight_hh_l0.detach()
     if cell_type == "rnn":  # orthogonal recurrent matrix
+        weight_hh = model.model.layers[0].rnn.weight_hh_l0.detach()
         torch.testing.assert_close(weight_hh @ weight_hh.T, torch.eye(32), atol=1e-5, rtol=0)
     uniform = RNNLMForCausalLM(make_config(cell_type, init_recurrent_uniform=True, initializer_range=0.1))
     assert all(p.abs().max() <= 0.1 for p in uniform.parameters())
