@@ -270,10 +270,36 @@ def spelling_table(tokens: list[str], max_chars: int) -> tuple[torch.Tensor, dic
     return table, characters
 
 
-def log_g(x: torch.Tensor) -> torch.Tensor:
-    """log g(x) of minGRU's candidate activation g(x) = x + 0.5 for x >= 0, sigmoid(x) below: positive and continuous,
-    so the state is a positive mix of positive values and its recurrence can run in log space."""
-    return torch.where(x >= 0, torch.log(x.clamp(min=0) + 0.5), -nn.functional.softplus(-x))
+def linear_scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, max_block: int) -> torch.Tensor:
+    """Every state of the linear recurrence h_t = a_t * h_{t-1} + b_t at once (a_t = exp(log_a_t) in (0, 1]):
+    (batch, seq_len, hidden) from (batch, seq_len, hidden) inputs and h0 (batch, hidden) or None (zeros).
+
+    Each block of steps is solved in closed form, h_t = A_t * (c + sum_{k<=t} b_k / A_k) with A_t the decay since the
+    block's start and c the state entering it, by two triangular matrix products over all blocks at once; one
+    multiply-add per block then carries the state from block to block (seq_len / block small steps, as a chunked
+    scan does). Blocks have at most `max_block` steps (a divisor of seq_len where one is near, else the sequence is
+    padded with identity steps), and `log_a` must keep a block's decay within fp32's range: log_a >= -60 / max_block.
+    """
+    batch, length, hidden = b.shape
+    block = next((size for size in range(max_block, max_block // 2, -1) if length % size == 0), max_block)
+    blocks = -(-length // block)
+    if blocks * block != length:  # identity steps (a = 1, b = 0) up to whole blocks
+        pad = (0, 0, 0, blocks * block - length)
+        log_a, b = nn.functional.pad(log_a, pad), nn.functional.pad(b, pad)
+    lower = torch.ones(block, block, dtype=b.dtype, device=b.device).tril()  # (block, block): t >= k
+    log_decay = lower @ log_a.view(batch, blocks, block, hidden)  # log A_t, summed from the block's start
+    decay = log_decay.exp()
+    # b * e^-x, not b / e^x: the latter's gradient divides by e^2x, which underflows to zero.
+    inner = lower @ (b.view(batch, blocks, block, hidden) * (-log_decay).exp())  # (batch, blocks, block, hidden)
+    if blocks > 1 or h0 is not None:  # the state entering each block, carried from the one before
+        carry = torch.zeros_like(inner[:, 0, 0]) if h0 is None else h0.to(inner.dtype)  # (batch, hidden)
+        carries, block_decay, block_inner = [], decay[:, :, -1], inner[:, :, -1]
+        for j in range(blocks):
+            carries.append(carry)
+            carry = block_decay[:, j] * (carry + block_inner[:, j])
+        inner = inner + torch.stack(carries, 1).unsqueeze(2)
+    h = decay * inner
+    return h.view(batch, blocks * block, hidden)[:, :length]
 
 
 class MinGRU(nn.Module):
@@ -282,18 +308,18 @@ class MinGRU(nn.Module):
 
         z_t = sigmoid(W_z x_t + b_z),  h~_t = g(W_h x_t + b_h),  h_t = (1 - z_t) * h_{t-1} + z_t * h~_t
 
-    Every position's gate and candidate come from one matrix product; the linear recurrence is then a scan in log
-    space (Heinsen 2023: log h_t = a*_t + logcumsumexp_k(log(z_k h~_k) - a*_k), a*_t = sum_{j<=t} log(1 - z_j)), in
-    fp32 under any autocast dtype, where products of many gates neither underflow nor lose precision. A single token
-    (decoding) is one O(1) step of the recurrence itself. Padded positions get z = 0 and so keep the state, which makes
-    both directions of a padded batch exact without reversing rows. The interface is torch's `nn.GRU` (batch-first
-    tensor or PackedSequence in, `(output, h_n)` out, `weight_ih_l0[_reverse]` rows [z; h]), so `RNNLMLayer` runs it
-    like the built-in cells.
+    with g(x) = x + 0.5 for x >= 0, sigmoid(x) below (the paper's positive activation). Every position's gate and
+    candidate come from one matrix product; the linear recurrence is then a parallel scan (`linear_scan`) in fp32
+    under any autocast dtype. A single token (decoding) is one O(1) step of the recurrence itself. The forget factor
+    1 - z_t is floored at e^-7.5 (z_t <= 0.99945, where sigmoid's gradient has long vanished), in both paths, so a
+    block's decay stays within fp32's range. Padded positions get z = 0 and keep the state, which makes both
+    directions of a padded batch exact without reversing rows. The interface is torch's `nn.GRU` (batch-first tensor
+    or PackedSequence in, `(output, h_n)` out, `weight_ih_l0[_reverse]` rows [z; h]), so `RNNLMLayer` runs it like
+    the built-in cells.
     """
 
-    # Positions per scan: a*_t grows with t, and fp32's rounding of log h_t with it (~6e-8 x |a*_t|); a sequence longer
-    # than this is scanned chunk by chunk, each starting from the last one's state.
-    scan_length = 128
+    block = 8  # most steps `linear_scan` solves in closed form at once; 8 x 7.5 = 60 keeps e^60 within fp32
+    min_log_forget = -7.5
 
     def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True, bidirectional: bool = False):
         super().__init__()
@@ -340,30 +366,18 @@ class MinGRU(nn.Module):
         """One direction: outputs (batch, seq_len, hidden) in the projection's dtype, final state (batch, hidden) fp32."""
         projected = nn.functional.linear(x, weight, bias)  # (batch, seq_len, 2 * hidden), bf16 under autocast
         gate, candidate = projected.float().chunk(2, -1)
-        keep = None if mask is None else mask.unsqueeze(-1)  # (batch, seq_len, 1)
+        log_forget = nn.functional.logsigmoid(-gate).clamp(min=self.min_log_forget)  # log(1 - z_t), floored
+        update = torch.sigmoid(gate) * torch.where(candidate >= 0, candidate + 0.5, torch.sigmoid(candidate))
+        if mask is not None:  # a pad: z = 0, the state passes unchanged
+            keep = mask.unsqueeze(-1)
+            log_forget, update = log_forget * keep, update * keep
+        h0 = None if h0 is None else h0.float()
         if x.shape[1] == 1:  # one token: the recurrence itself, O(1)
-            z = torch.sigmoid(gate) if keep is None else torch.sigmoid(gate) * keep
-            candidate = torch.where(candidate >= 0, candidate + 0.5, torch.sigmoid(candidate))
-            h = z * candidate if h0 is None else torch.lerp(h0.float().unsqueeze(1), candidate, z)
-            return h.to(projected.dtype), h[:, -1]
-        log_forget = -nn.functional.softplus(gate)  # log(1 - z)
-        log_input = log_g(candidate) - nn.functional.softplus(-gate)  # log(z * h~)
-        if keep is not None:  # a pad: z = 0, the state passes unchanged (-1e30, as -inf has a NaN logcumsumexp grad)
-            log_forget = log_forget.masked_fill(~keep, 0.0)
-            log_input = log_input.masked_fill(~keep, -1e30)
-        h, chunks = None if h0 is None else h0.float(), []
-        for start in range(0, x.shape[1], self.scan_length):
-            log_a = log_forget[:, start : start + self.scan_length].cumsum(1)  # a*_t within the chunk
-            log_b = log_input[:, start : start + self.scan_length]
-            if h is not None:  # the carried state enters as position 0, whose a* is 0
-                log_b = torch.cat([h.clamp(min=1e-30).log().unsqueeze(1), log_b], 1)
-                log_a = nn.functional.pad(log_a, (0, 0, 1, 0))
-            chunk = (log_a + torch.logcumsumexp(log_b - log_a, 1)).exp()
-            chunk = chunk if h is None else chunk[:, 1:]
-            chunks.append(chunk)
-            h = chunk[:, -1]
-        h_all = torch.cat(chunks, 1) if len(chunks) > 1 else chunks[0]
-        return h_all.to(projected.dtype), h
+            h = update if h0 is None else log_forget.exp() * h0.unsqueeze(1) + update
+        else:
+            with torch.autocast(x.device.type, enabled=False):  # the scan's matrix products stay fp32
+                h = linear_scan(log_forget, update, h0, self.block)
+        return h.to(projected.dtype), h[:, -1]
 
 
 def cell_module(name: str) -> type[nn.Module]:

@@ -1,12 +1,21 @@
 """minGRU (`cell_type="mingru"`), the cell that trains in parallel over time: what the shared cell tests (every test
 parametrized over `CELL_TYPES`) cannot say of it. Its scan must be the recurrence it stands for, in values and in
-gradients, over chunk boundaries, padding and long sequences, in fp32 and bf16; it must not loop over tokens."""
+gradients, over block boundaries, saturated gates, padding and long sequences, in fp32 and bf16; it must
+not loop over tokens."""
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM, RNNLMForSequenceClassification, RNNLMForTokenClassification
+from rnn_lm_hf import (
+    RNNLMConfig,
+    RNNLMForCausalLM,
+    RNNLMForSequenceClassification,
+    RNNLMForTokenClassification,
+    modeling_rnn_lm,
+)
 from rnn_lm_hf.modeling_rnn_lm import MinGRU
 from tests.conftest import cache_of, make_config
 
@@ -20,16 +29,21 @@ def recurrence(cell: MinGRU, x: torch.Tensor, h: torch.Tensor | None = None, suf
         gate, candidate = (x[:, t] @ weight.T + bias).chunk(2, -1)
         z = torch.sigmoid(gate)
         candidate = torch.where(candidate >= 0, candidate + 0.5, torch.sigmoid(candidate))
-        h = (1 - z) * h + z * candidate
+        forget = (1 - z).clamp(min=math.exp(cell.min_log_forget))  # the documented floor of 1 - z
+        h = forget * h + z * candidate
         outputs.append(h)
     return torch.stack(outputs, 1)
 
 
-def test_scan_and_its_gradients_are_the_recurrence_across_chunks():
+@pytest.mark.parametrize("gate_bias", [0.0, 9.0])  # 9: 1 - z below its floor e^-7.5 for most units
+@pytest.mark.parametrize("length", [40, 41])  # 8 blocks of 5; 7 blocks of 6, the last one padded
+def test_scan_and_its_gradients_are_the_recurrence_across_blocks(gate_bias, length):
     cell = MinGRU(6, 8)
-    cell.scan_length = 16  # 40 tokens: three chunks, each continuing from the last one's state
-    x = torch.randn(3, 40, 6, requires_grad=True)
-    h0 = torch.rand(3, 8) + 0.1  # the cell's states are positive
+    cell.block = 6  # blocks of at most 6 steps, each continuing from the last one's state
+    with torch.no_grad():
+        cell.bias_ih_l0[:8] += gate_bias
+    x = torch.randn(3, length, 6, requires_grad=True)
+    h0 = torch.randn(3, 8)  # any state, of either sign, continues exactly
     output, h_n = cell(x, h0.unsqueeze(0))
     expected = recurrence(cell, x, h0)
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
@@ -57,17 +71,17 @@ def test_whole_sequence_forward_equals_token_by_token_decoding_through_the_cache
 def test_training_reads_every_position_at_once(monkeypatch):
     """One scan per layer for a whole training window: no Python loop over its tokens."""
     model = RNNLMForCausalLM(make_config("mingru", num_hidden_layers=2)).train()
-    scans, original = [], torch.logcumsumexp
-    monkeypatch.setattr(torch, "logcumsumexp", lambda *args, **kwargs: scans.append(1) or original(*args, **kwargs))
+    scans, original = [], modeling_rnn_lm.linear_scan
+    monkeypatch.setattr(modeling_rnn_lm, "linear_scan", lambda *args: scans.append(args[1].shape) or original(*args))
     input_ids = torch.randint(3, 99, (4, 70))
     model(input_ids, labels=input_ids).loss.backward()
-    assert len(scans) == 2  # 70 tokens <= scan_length: one scan in each of the 2 layers
+    assert scans == [(4, 70, 32)] * 2  # one scan of all 70 tokens in each of the 2 layers
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_stable_over_a_10000_token_sequence(dtype):
     """Long inputs neither overflow nor underflow: the states stay what the recurrence gives, in fp32 and under bf16
-    autocast (whose projection is bf16; the scan itself runs in fp32)."""
+    autocast (whose projection is bf16; the scan itself runs in fp32), over 1,250 blocks."""
     cell = MinGRU(4, 8)
     with torch.no_grad():
         cell.bias_ih_l0[:8] = -4.0  # z ~ 0.02: states that remember thousands of tokens
@@ -82,8 +96,8 @@ def test_stable_over_a_10000_token_sequence(dtype):
 
 
 def test_padding_keeps_the_state_and_gradients_stay_finite():
-    """Rows of 9 and 5 tokens, left- and right-padded, give each row's own outputs and final states; the pads'
-    huge-negative logs leave no NaN in any gradient."""
+    """Rows of 9 and 5 tokens, left- and right-padded, give each row's own outputs and final states, and every
+    gradient is finite."""
     model = RNNLMForCausalLM(make_config("mingru")).train()  # no dropout in the tiny config
     base = model.model
     rows = [torch.randint(3, 99, (1, 9)), torch.randint(3, 99, (1, 5))]
@@ -104,7 +118,7 @@ def test_padding_keeps_the_state_and_gradients_stay_finite():
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     # A joint bidirectional layer scans the backward direction time-reversed: there the pads come first, before any
-    # state exists; their contribution must vanish without turning the scan's gradient into NaN.
+    # state exists.
     tagger = RNNLMForTokenClassification(make_config("mingru", bidirectional=True, num_labels=2)).train()
     padded = torch.cat([long, torch.cat([short, pad], 1)])
     labels = torch.where(padded != 0, padded % 2, -100)
