@@ -8,7 +8,12 @@ Then our model is scored on the test set alone (2 threads): static stream perple
 neural cache and dynamic evaluation tuned on the validation set. Writes `--results` (JSON) and a PNG of validation
 perplexity against training wall time.
 
+With `--beside RECIPE`, a second recipe of ours runs in the peer's place (e.g. another cell type), and both are
+scored on the test set the same way (`--static_only`: the static perplexity alone, minutes instead of a quarter hour).
+
     python bench/ptb_budget.py                      # 60 minutes, ../shared/data/ptb, bench/results/ptb_budget_cpu.json
+    python bench/ptb_budget.py --beside training/configs/ptb_mingru_budget_cpu.json --static_only \
+        --results bench/results/ptb_budget_cells_cpu.json   # the LSTM recipe beside the minGRU one
     python bench/ptb_budget.py --minutes 0.2 --smoke 300 --results /tmp/smoke.json   # a dry run
 """
 
@@ -35,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--out_dir", default=str(ROOT / "runs" / "ptb_budget"))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "ptb_budget_cpu.json"))
     parser.add_argument("--recipe", default=str(RECIPE))
+    parser.add_argument("--beside", default=None, help="A second recipe of ours, run in the peer's place.")
+    parser.add_argument("--static_only", action="store_true", help="Score the static test perplexity only.")
     parser.add_argument("--smoke", type=int, default=0, help="Use only the first N lines of each split (a dry run).")
     parser.add_argument("--eval_threads", type=int, default=2, help="Threads for the final evaluation (run alone).")
     return parser.parse_args(argv)
@@ -56,25 +63,32 @@ def one_thread_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def launch(args, files) -> dict[str, subprocess.Popen]:
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    minutes = str(args.minutes)
-    ours = [
-        sys.executable, str(ROOT / "training" / "train_clm.py"), args.recipe,
-        "--output_dir", str(out / "ours"), "--max_train_minutes", minutes, "--threads", "1",
+def our_command(args, files, recipe: str, run_dir: Path) -> list[str]:
+    command = [
+        sys.executable, str(ROOT / "training" / "train_clm.py"), recipe,
+        "--output_dir", str(run_dir), "--max_train_minutes", str(args.minutes), "--threads", "1",
         "--train_file", str(files["train"]), "--validation_file", str(files["valid"]),
         "--test_file", str(files["test"]),
     ]  # fmt: skip
     if args.smoke:  # the recipe's evaluation interval is longer than a whole tiny epoch
-        ours += ["--eval_steps", "5", "--save_steps", "5", "--logging_steps", "5"]
-    peer = [
-        sys.executable, str(ROOT / "bench" / "peer_word_language_model.py"), "--threads", "1",
-        "--max_minutes", minutes, "--epochs", "1000", "--data", str(files["train"].parent),
-        "--save", str(out / "peer.pt"), "--out", str(out / "peer.json"),
-    ]  # fmt: skip
+        command += ["--eval_steps", "5", "--save_steps", "5", "--logging_steps", "5"]
+    return command
+
+
+def launch(args, files) -> dict[str, subprocess.Popen]:
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    commands = {"ours": our_command(args, files, args.recipe, out / "ours")}
+    if args.beside:
+        commands["beside"] = our_command(args, files, args.beside, out / "beside")
+    else:
+        commands["peer"] = [
+            sys.executable, str(ROOT / "bench" / "peer_word_language_model.py"), "--threads", "1",
+            "--max_minutes", str(args.minutes), "--epochs", "1000", "--data", str(files["train"].parent),
+            "--save", str(out / "peer.pt"), "--out", str(out / "peer.json"),
+        ]  # fmt: skip
     runs = {}
-    for name, command in (("ours", ours), ("peer", peer)):
+    for name, command in commands.items():
         log = (out / f"{name}.log").open("w")
         runs[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=one_thread_env(), cwd=ROOT)
     return runs
@@ -98,13 +112,14 @@ def our_curve(run_dir: Path) -> list[dict]:
     return curve
 
 
-def evaluate_ours(args, files) -> dict:
-    run_dir = Path(args.out_dir) / "ours"
+def evaluate_ours(args, files, run_dir: Path) -> dict:
     command = [
         sys.executable, "-m", "rnn_lm_hf.cli", "--threads", str(args.eval_threads), "evaluate", str(run_dir),
-        "--file", str(files["test"]), "--dynamic_eval", "--neural_cache", "--tune_file", str(files["valid"]),
-        "--stats_file", str(files["train"]),
+        "--file", str(files["test"]),
     ]  # fmt: skip
+    if not args.static_only:
+        command += ["--dynamic_eval", "--neural_cache", "--tune_file", str(files["valid"])]
+        command += ["--stats_file", str(files["train"])]
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if result.returncode != 0:
@@ -112,6 +127,41 @@ def evaluate_ours(args, files) -> dict:
     metrics = json.loads(result.stdout)
     metrics["wall_s"] = round(time.monotonic() - started, 1)
     return metrics
+
+
+def our_results(args, files, recipe: str, run_dir: Path) -> dict:
+    """One run of ours: its recipe, training, the run's own validation and the test evaluation."""
+    run = json.loads((run_dir / "run_info.json").read_text())
+    overrides = json.loads(Path(recipe).read_text()).get("config_overrides", "")
+    overrides = dict(item.split("=", 1) for item in overrides.split(",") if "=" in item)
+    scores = evaluate_ours(args, files, run_dir)
+    static = scores["perplexity"]
+    results = {
+        "recipe": str(Path(recipe).resolve().relative_to(ROOT))
+        if Path(recipe).resolve().is_relative_to(ROOT)
+        else recipe,
+        "cell_type": overrides.get("cell_type", "lstm"),
+        "command": run["command"],
+        "train_wall_s": run["metrics"].get("train_runtime"),
+        "epochs": run["metrics"].get("epoch"),
+        "valid_perplexity": run["metrics"].get("eval_perplexity"),
+        "test_perplexity": static,
+        "evaluation_wall_s": scores["wall_s"],
+        "curve": our_curve(run_dir),
+    }
+    if not args.static_only:
+        results.update(
+            neural_cache_perplexity=scores.get("neural_cache_perplexity"),
+            dynamic_eval_perplexity=scores.get("dynamic_eval_perplexity"),
+            neural_cache_gain=scores["neural_cache_perplexity"] / static - 1,
+            dynamic_eval_gain=scores["dynamic_eval_perplexity"] / static - 1,
+            adaptive_settings=scores.get("settings"),
+        )
+    return results
+
+
+def recipe_label(run: dict) -> str:
+    return f"ours ({run['cell_type']}, {Path(run['recipe']).name})"
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> None:
@@ -145,16 +195,16 @@ def main(argv=None) -> dict:
             log = (Path(args.out_dir) / f"{name}.log").read_text()[-3000:]
             raise SystemExit(f"{name} failed (exit {run.returncode}):\n{log}")
     out = Path(args.out_dir)
-    peer = json.loads((out / "peer.json").read_text())
-    ours_run = json.loads((out / "ours" / "run_info.json").read_text())
-    ours_eval = evaluate_ours(args, files)
-    static = ours_eval["perplexity"]
-    curves = {
-        "ours (AWD-style recipe)": our_curve(out / "ours"),
-        "peer (word_language_model 2x200)": [
+    ours = our_results(args, files, args.recipe, out / "ours")
+    recipes = {"ours": ours}
+    if args.beside:
+        recipes["beside"] = our_results(args, files, args.beside, out / "beside")
+    curves = {recipe_label(run): run["curve"] for run in recipes.values()}
+    if not args.beside:
+        peer = json.loads((out / "peer.json").read_text())
+        curves["peer (word_language_model 2x200)"] = [
             {"wall_s": p["wall_s"], "valid_perplexity": p["valid_perplexity"]} for p in peer["curve"]
-        ],
-    }
+        ]
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     png = results_path.with_suffix(".png")
@@ -174,24 +224,11 @@ def main(argv=None) -> dict:
         },
         "budget_minutes": args.minutes,
         "smoke_lines": args.smoke or None,
-        "ours": {
-            "recipe": str(Path(args.recipe).relative_to(ROOT))
-            if Path(args.recipe).is_relative_to(ROOT)
-            else args.recipe,
-            "command": ours_run["command"],
-            "train_wall_s": ours_run["metrics"].get("train_runtime"),
-            "epochs": ours_run["metrics"].get("epoch"),
-            "valid_perplexity": ours_run["metrics"].get("eval_perplexity"),
-            "test_perplexity": static,
-            "neural_cache_perplexity": ours_eval.get("neural_cache_perplexity"),
-            "dynamic_eval_perplexity": ours_eval.get("dynamic_eval_perplexity"),
-            "neural_cache_gain": ours_eval["neural_cache_perplexity"] / static - 1,
-            "dynamic_eval_gain": ours_eval["dynamic_eval_perplexity"] / static - 1,
-            "adaptive_settings": ours_eval.get("settings"),
-            "evaluation_wall_s": ours_eval["wall_s"],
-            "curve": curves["ours (AWD-style recipe)"],
-        },
-        "peer": {
+        **recipes,
+        "plot": png.name,
+    }
+    if not args.beside:
+        results["peer"] = {
             "recipe": "pytorch/examples word_language_model: 2x200 tied LSTM, dropout 0.2, SGD lr 20 /4 on plateau, "
             "clip 0.25, bptt 35, batch 20 (bench/peer_word_language_model.py)",
             "valid_perplexity": peer["best_valid_perplexity"],
@@ -199,14 +236,16 @@ def main(argv=None) -> dict:
             "epochs": peer["epochs_completed"],
             "train_wall_s": peer["train_wall_s"],
             "curve": curves["peer (word_language_model 2x200)"],
-        },
-        "ours_beats_peer_static": static < peer["test_perplexity"],
-        "plot": png.name,
-    }
+        }
+        results["ours_beats_peer_static"] = ours["test_perplexity"] < peer["test_perplexity"]
     results_path.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: results[k] for k in ("budget_minutes", "ours_beats_peer_static")}, indent=2))
-    print(f"ours: test {static:.2f}, cache {results['ours']['neural_cache_perplexity']:.2f}, dynamic "
-          f"{results['ours']['dynamic_eval_perplexity']:.2f}; peer: test {peer['test_perplexity']:.2f}")  # fmt: skip
+    for run in recipes.values():
+        adaptive = "" if args.static_only else (
+            f", cache {run['neural_cache_perplexity']:.2f}, dynamic {run['dynamic_eval_perplexity']:.2f}"
+        )  # fmt: skip
+        print(f"{recipe_label(run)}: {run['epochs']:.1f} epochs, test {run['test_perplexity']:.2f}{adaptive}")
+    if not args.beside:
+        print(f"peer: test {results['peer']['test_perplexity']:.2f}")
     return results
 
 

@@ -416,6 +416,11 @@ SCENARIOS = {
                 "--deadline_minutes 1 --runs_dir runs/bench --results bench_downstream.json",
             ),
             Step(
+                "python bench/cells.py --threads 1",
+                "python bench/cells.py --threads 1 --widths 16 --vocab 50 --batch 2 --bptt 9 --repeats 1 "
+                "--train-steps 1 --warmup 1 --prompt 5 --new-tokens 3 --out cells.json",
+            ),
+            Step(
                 "python bench/speed.py --device cpu --sizes full --threads 2",
                 "python bench/speed.py --device cpu --sizes tiny --threads 2 --out speed.json",
                 files("speed.json"),
