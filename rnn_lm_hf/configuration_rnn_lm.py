@@ -94,7 +94,8 @@ class RNNLMConfig(PretrainedConfig):
     r"""
     Configuration of an [`RNNLMModel`]: a stack of recurrent layers over word embeddings, the classic RNN language
     model (Elman 1990; Mikolov et al. 2010), its gated variants LSTM (Hochreiter & Schmidhuber 1997) and GRU
-    (Cho et al. 2014), and the same encoder reused for token and sequence classification.
+    (Cho et al. 2014), the parallel-in-time minGRU (Feng et al. 2024), and the same encoder reused for token and
+    sequence classification.
 
     The `rnn` cell is the lecture's equation `h_t = f(W_h h_{t-1} + W_e e_t + b)` with `f` = `rnn_nonlinearity`.
 
@@ -108,7 +109,8 @@ class RNNLMConfig(PretrainedConfig):
         num_hidden_layers (`int`, *optional*, defaults to 2):
             Number of stacked recurrent layers.
         cell_type (`str`, *optional*, defaults to `"lstm"`):
-            A key of `CELL_TYPES`: `"rnn"` (Elman), `"lstm"` or `"gru"`.
+            A key of `CELL_TYPES`: `"rnn"` (Elman), `"lstm"`, `"gru"` or `"mingru"` (minGRU, Feng et al. 2024: gates
+            that read only the input, so training runs in parallel over time; decoding is still one step per token).
         rnn_nonlinearity (`str`, *optional*, defaults to `"tanh"`):
             `f` of the `rnn` cell, `"tanh"` or `"relu"`. Ignored by LSTM and GRU, whose gates fix their own.
         bidirectional (`bool`, *optional*, defaults to `False`):

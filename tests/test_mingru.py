@@ -171,3 +171,13 @@ def test_bidirectional_heads_learn_a_task_that_needs_the_right_context(head):
 def test_config_names_the_cell():
     config = RNNLMConfig(cell_type="mingru")
     assert config.num_states == 1 and config.cell.name == "minGRU" and config.cell.weight_drop_on == "weight_ih"
+
+
+def test_model_card_names_and_cites_the_cell(tmp_path):
+    from rnn_lm_hf.model_card import write_model_card
+
+    RNNLMForCausalLM(make_config("mingru")).save_pretrained(tmp_path)
+    (tmp_path / "all_results.json").write_text('{"eval_loss": 2.0, "eval_perplexity": 7.389}')  # plain Trainer's
+    text = write_model_card(tmp_path, dataset="tiny").read_text()
+    assert "minGRU" in text and "@article{feng2024were" in text
+    assert "@article{hochreiter1997long" not in text  # each cell cites its own paper
