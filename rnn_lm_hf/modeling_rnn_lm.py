@@ -312,12 +312,11 @@ class MinGRU(nn.Module):
     candidate come from one matrix product; the linear recurrence is then a parallel scan (`linear_scan`) in fp32
     under any autocast dtype. (The paper's log-space scan, logcumsumexp, was 2-3x slower on a CPU and 1e-5 rather
     than 1e-7 from the recurrence: its log h_t is a difference of two large running sums.) A single token (decoding)
-    is one O(1) step of the recurrence itself. The forget factor
-    1 - z_t is floored at e^-7.5 (z_t <= 0.99945, where sigmoid's gradient has long vanished), in both paths, so a
-    block's decay stays within fp32's range. Padded positions get z = 0 and keep the state, which makes both
-    directions of a padded batch exact without reversing rows. The interface is torch's `nn.GRU` (batch-first tensor
-    or PackedSequence in, `(output, h_n)` out, `weight_ih_l0[_reverse]` rows [z; h]), so `RNNLMLayer` runs it like
-    the built-in cells.
+    is one O(1) step of the recurrence itself. The forget factor 1 - z_t is floored at e^-7.5 (z_t <= 0.99945, where
+    sigmoid's gradient has long vanished), in both paths, so a block's decay stays within fp32's range. Padded
+    positions get z = 0 and keep the state, which makes both directions of a padded batch exact without reversing
+    rows. The interface is torch's `nn.GRU` (batch-first tensor or PackedSequence in, `(output, h_n)` out,
+    `weight_ih_l0[_reverse]` rows [z; h]), so `RNNLMLayer` runs it like the built-in cells.
     """
 
     block = 8  # most steps `linear_scan` solves in closed form at once; 8 x 7.5 = 60 keeps e^60 within fp32

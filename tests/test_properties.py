@@ -26,11 +26,11 @@ from rnn_lm_hf import (
 )
 from rnn_lm_hf.data import eval_stream_segments
 from rnn_lm_hf.trainer import CarriedState, RNNLMTrainer
-from tests.conftest import cache_of
+from tests.conftest import CELL_TYPES, cache_of
 
 
 ATOL = 1e-5
-CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
+CELLS = [("rnn", "relu"), *((cell, "tanh") for cell in CELL_TYPES)]  # every cell of the package's table
 POOLINGS = ["last", "mean", "max", "concat"]
 HEADS = [RNNLMModel, RNNLMForCausalLM, RNNLMForTokenClassification, RNNLMForSequenceClassification]
 FEW = settings(max_examples=50, deadline=None, derandomize=True)
