@@ -32,3 +32,16 @@ def test_cells_script_measures_every_cell_of_the_table(tmp_path):
         assert row["train_speedup_vs_lstm"][scope]["lstm"]["median"] == 1.0  # each repeat paired with itself
     assert all(row["decode_ms_per_token"][cell]["median"] > 0 for cell in CELL_TYPES)
     assert row["decode_cost_vs_lstm"]["lstm"]["median"] == 1.0
+
+
+def test_cell_choice_script_times_the_three_parallel_cells_and_the_lstm():
+    choice = load_bench_script("cell_choice")
+    threads = torch.get_num_threads()
+    try:
+        results = choice.main(["--widths", "8", "--batch", "2", "--bptt", "9", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(results[8]) == {"minGRU", "minLSTM", "QRNN", "LSTM"}
+    assert all(row["ms"] > 0 for row in results[8].values())
+    sizes = {name: row["parameters"] for name, row in results[8].items()}
+    assert sizes["minGRU"] < sizes["minLSTM"] < sizes["QRNN"] < sizes["LSTM"]  # 2, 3, 3 (of 2x input) and 4 blocks
