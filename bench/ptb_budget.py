@@ -132,15 +132,13 @@ def evaluate_ours(args, files, run_dir: Path) -> dict:
 def our_results(args, files, recipe: str, run_dir: Path) -> dict:
     """One run of ours: its recipe, training, the run's own validation and the test evaluation."""
     run = json.loads((run_dir / "run_info.json").read_text())
-    overrides = json.loads(Path(recipe).read_text()).get("config_overrides", "")
-    overrides = dict(item.split("=", 1) for item in overrides.split(",") if "=" in item)
     scores = evaluate_ours(args, files, run_dir)
     static = scores["perplexity"]
     results = {
         "recipe": str(Path(recipe).resolve().relative_to(ROOT))
         if Path(recipe).resolve().is_relative_to(ROOT)
         else recipe,
-        "cell_type": overrides.get("cell_type", "lstm"),
+        "cell_type": json.loads((run_dir / "config.json").read_text())["cell_type"],  # the saved model's
         "command": run["command"],
         "train_wall_s": run["metrics"].get("train_runtime"),
         "epochs": run["metrics"].get("epoch"),

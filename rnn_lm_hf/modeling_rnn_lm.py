@@ -492,7 +492,7 @@ class RNNLMPreTrainedModel(PreTrainedModel):
             loaded = getattr(module.weight, "_is_hf_initialized", False)  # a row loses the flag: check the whole
             if getattr(module, "padding_idx", None) is not None and not loaded:  # the char CNN's padding reads zeros
                 init.zeros_(module.weight[module.padding_idx])
-        elif isinstance(module, nn.RNNBase) or type(module).__name__ in CELL_OF_MODULE:  # every cell of the table
+        elif type(module).__name__ in CELL_OF_MODULE:  # every cell of the table, the head BiLSTM included
             for name, param in module.named_parameters():
                 if self.config.init_recurrent_uniform:  # Zaremba et al. 2014: every weight ~ U(-0.1, 0.1)
                     init.uniform_(param, -bound, bound)
