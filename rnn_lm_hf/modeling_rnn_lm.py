@@ -5,6 +5,7 @@ One file, importing only torch, transformers and the sibling config, so `save_pr
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,6 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 from transformers.utils import logging
-from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_rnn_lm import CELL_TYPES, CRF_SCHEMES, RNNLMConfig
 
@@ -37,18 +37,19 @@ IGNORE_INDEX = -100
 CELL_OF_MODULE = {cell.module: cell for cell in CELL_TYPES.values()}
 
 
-def accepts_legacy_cache_names(forward):
-    """On 5.24+, `past_key_values`/`cache_params` are deprecated aliases of `cache` (warned, renamed)."""
-    if CACHE_FIELD == "cache":
-        for old_name in LEGACY_CACHE_NAMES:
-            forward = deprecate_kwarg(old_name, version="5.40.0", new_name="cache")(forward)
-    return forward
-
-
-def pop_cache(cache: Cache | None, kwargs: dict) -> Cache | None:
-    # Older transformers' generate() passes `past_key_values=`; the decorator above only renames on 5.24+.
+def pop_cache(cache: Cache | None, kwargs: dict, owner: nn.Module) -> Cache | None:
+    """`cache`, or the state passed under a legacy name: older transformers' generate() passes `past_key_values=`; on
+    5.24+ the old names are deprecated aliases (warned, as transformers' own models do). Done here rather than by a
+    decorator, so `torch.compile` traces each forward once instead of one wrapper shared by all of them."""
     for old_name in LEGACY_CACHE_NAMES:
         legacy = kwargs.pop(old_name, None)
+        if legacy is not None and CACHE_FIELD == "cache":
+            warnings.warn(
+                f"`{old_name}` is deprecated and will be removed in version 5.40.0 for "
+                f"`{type(owner).__name__}.forward`. Use `cache` instead.",
+                FutureWarning,
+                stacklevel=3,
+            )
         cache = legacy if cache is None else cache
     return cache
 
@@ -726,7 +727,6 @@ class RNNLMModel(RNNLMPreTrainedModel):
         all_hidden_states = tuple(h[:, 1:] for h in all_hidden_states) if all_hidden_states is not None else None
         return hidden_states[:, 1:], all_hidden_states
 
-    @accepts_legacy_cache_names
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -751,7 +751,7 @@ class RNNLMModel(RNNLMPreTrainedModel):
             Also return every layer's state after the last real token of each row (`final_states`). Off by default:
             a tuple indexed by layer is not a per-row output that pipelines can split into batch rows.
         """
-        cache = pop_cache(cache, kwargs)
+        cache = pop_cache(cache, kwargs, self)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -982,7 +982,6 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
             )
         return input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
 
-    @accepts_legacy_cache_names
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1005,7 +1004,7 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         logits_to_keep (`int` or `torch.Tensor`, *optional*):
             Compute logits for the last `logits_to_keep` positions only (0 = all); generation needs just the last.
         """
-        cache = pop_cache(cache, kwargs)
+        cache = pop_cache(cache, kwargs, self)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -1028,6 +1027,10 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
 
         loss = loss_forward = loss_backward = None
         if labels is not None or kwargs.get("shift_labels") is not None:
+            # The loss reads fp32 logits (transformers' loss upcasts them): under bf16 autocast, upcast once here and
+            # return those, so accelerate's mixed-precision wrapper has no (batch, seq_len, vocab) copy left to make.
+            logits = logits.float()
+            logits_backward = logits_backward.float() if logits_backward is not None else None
             for name, value in (("labels", labels), ("shift_labels", kwargs.get("shift_labels"))):
                 if value is not None:
                     check_labels(value, outputs.last_hidden_state.shape[:2], name)
@@ -1299,6 +1302,7 @@ class RNNLMForTokenClassification(RNNLMPreTrainedModel):
         if labels is not None:
             check_labels(labels, logits.shape[:2], num_classes=self.num_labels)
         if self.crf is not None:
+            logits = logits.float()  # the forward algorithm sums scores over the sentence: fp32 under bf16 autocast
             mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(logits[..., 0], dtype=bool)
             if labels is not None:  # the negative log-likelihood of the tag sequences, averaged over sequences
                 loss = -self.crf.log_likelihood(logits, labels, mask).mean()
