@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +93,54 @@ class RNNLMTrainingArguments(TrainingArguments):
             raise ValueError(f"--state_reset_probability must be in [0, 1], got {self.state_reset_probability}.")
         if (self.nt_asgd or self.nt_asgd_finetune) and self.eval_strategy == "no":
             raise ValueError("--nt_asgd/--nt_asgd_finetune watch the validation loss: set --eval_strategy epoch.")
+
+
+@contextmanager
+def full_precision(model: torch.nn.Module, args: TrainingArguments | None = None):
+    """fp32 arithmetic for `model`'s calls in this block. For mixed-precision training (`--bf16`) accelerate wraps the
+    model's forward in autocast, as an instance attribute; the block calls the original forward (the weights are fp32
+    throughout), so evaluations and reported metrics are fp32. `--bf16_full_eval`/`--fp16_full_eval` keep the wrapper."""
+    original = model.__dict__.get("_original_forward")
+    asked = args is not None and (args.bf16_full_eval or args.fp16_full_eval)
+    if original is None or asked:
+        yield model
+        return
+    wrapped, model.forward = model.forward, original
+    try:
+        yield model
+    finally:
+        model.forward = wrapped
+
+
+def remove_autocast(model: torch.nn.Module) -> None:
+    """Undo accelerate's mixed-precision wrapper once training ends: the trained model then behaves as built (fp32
+    `generate`, scores, saving), wherever the user takes it."""
+    original = model.__dict__.pop("_original_forward", None)
+    if original is None:
+        return
+    if getattr(original, "__func__", None) is type(model).forward:
+        model.__dict__.pop("forward", None)  # the class's own forward again
+    else:
+        model.forward = original
+
+
+class FP32Evaluation:
+    """Trainer mixin: mixed precision (`--bf16`) for the training steps only. Evaluations and predictions run in fp32,
+    and the trained model computes in fp32 again once `train` returns."""
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            remove_autocast(self.model)
+
+    def evaluate(self, *args, **kwargs):
+        with full_precision(self.model, self.args):
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with full_precision(self.model, self.args):
+            return super().predict(*args, **kwargs)
 
 
 class CarriedState:
@@ -189,9 +237,9 @@ def epoch_decay_lambda(steps_per_epoch: int, decay: float, start_epoch: int):
     return factor
 
 
-class RNNLMTrainer(Trainer):
+class RNNLMTrainer(FP32Evaluation, Trainer):
     """`Trainer` that carries the recurrent state across batches of a `StreamSegments` split and evaluates
-    perplexity token-weighted over the whole split (the way published PTB/WikiText numbers are computed)."""
+    perplexity token-weighted over the whole split (the way published PTB/WikiText numbers are computed), in fp32."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -316,7 +364,7 @@ class RNNLMTrainer(Trainer):
         dataloader = self.get_eval_dataloader(dataset)
         model = self._wrap_model(self.model, training=False, dataloader=dataloader)
         averaging = self.nt_asgd.averaged_weights(self.model) if self.nt_asgd is not None else nullcontext()
-        with averaging:
+        with averaging, full_precision(self.model, self.args):
             metrics = self.stream_perplexity(model, dataloader, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -480,8 +528,8 @@ class GradientHealthCallback(TrainerCallback):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if not grads:
             return
-        # One host sync per step: the norm of all gradients is finite iff every gradient is.
-        norm = float(torch.stack([g.detach().float().norm() for g in grads]).norm())
+        # One host sync per step: the norm of all gradients is finite iff every gradient is (foreach kernels, as clipping).
+        norm = float(torch.nn.utils.get_total_norm(grads))
         self.steps += 1
         limit = args.max_grad_norm or 0
         self.clipped_steps += limit > 0 and norm >= limit * (1 - self.CLIP_TOLERANCE)

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from rnn_lm_hf import RNNLMConfig
 from rnn_lm_hf.hub import model_task
 from rnn_lm_hf.run_info import command_line
-from rnn_lm_hf.trainer import RNNLMTrainingArguments
+from rnn_lm_hf.trainer import FP32Evaluation, RNNLMTrainingArguments
 from rnn_lm_hf.training.scaffold import (
     CLM_DEFAULTS,
     FINETUNE_DEFAULTS,
@@ -202,6 +202,7 @@ def adapt_language_model(
             seed=training_args.seed,
             report_to="none",
             use_cpu=training_args.use_cpu,
+            bf16=training_args.bf16,  # the precision the tagger's or classifier's own run resolved
             disable_tqdm=training_args.disable_tqdm,
         )
         logger.info(
@@ -286,7 +287,7 @@ class GradualUnfreezingCallback(TrainerCallback):
         self.set_trainable(len(self.groups))
 
 
-class TransferTrainer(Trainer):
+class TransferTrainer(FP32Evaluation, Trainer):
     """`Trainer` plus ULMFiT's discriminative learning rates and gradual unfreezing (both off by default)."""
 
     def __init__(self, *args, transfer_args: TransferArguments | None = None, **kwargs):

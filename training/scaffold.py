@@ -9,6 +9,7 @@
 Imports run one way: `rnn_lm_hf.cli` -> `training/` -> the library (`rnn_lm_hf.*`), never back.
 """
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -35,11 +36,15 @@ logger = logging.getLogger(__name__)
 # Trainer's defaults (learning rate 5e-5, a log line every 500 steps) are made for fine-tuning pretrained
 # transformers; an RNN trained from scratch barely moves at 5e-5, and `rnn-lm plot` would get one point. These apply
 # only to options the user did not give, as a flag or a config-file key, so `--learning_rate 5e-5` still means 5e-5.
-CLM_DEFAULTS = {"learning_rate": 2e-3, "logging_steps": 10}
+CLM_DEFAULTS = {"learning_rate": 2e-3, "logging_steps": 10, "bf16": "auto"}
 # Taggers and classifiers (from scratch or on an LM encoder): on the tiny NER fixture 40 steps reach entity F1 1.0
 # at 5e-3 and 0.36 at 5e-5.
-FINETUNE_DEFAULTS = {"learning_rate": 5e-3, "logging_steps": 10}
+FINETUNE_DEFAULTS = {"learning_rate": 5e-3, "logging_steps": 10, "bf16": "auto"}
 NONFINITE_ACTIONS = ("stop", "skip")
+# `--bf16 auto` (the scripts' default): bf16 mixed precision when training on a CPU that computes bf16 natively, where
+# a step is up to 2x faster (BENCHMARKS section 9); fp32 on one that only emulates it, where bf16 would be slower.
+# On a GPU `auto` means fp32, as Trainer's default: pass --bf16 true there.
+AUTO = "auto"
 
 
 def run_main(main, argv: list[str] | None = None) -> int:
@@ -86,6 +91,8 @@ class RunArguments:
             "help": "Stop training after this many minutes (checkpoint and evaluation first); no limit if unset."
         },
     )
+    # What `--bf16 auto` chose and why, logged once the run starts (set by parse_script_args; not an option).
+    precision_note: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -130,6 +137,23 @@ def set_threads(threads: int | None = None) -> int:
     return threads
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16, which AMX CPUs also have)."""
+    return torch.cpu._is_avx512_bf16_supported()
+
+
+def resolve_bf16(use_cpu: bool) -> tuple[dict[str, str], str | None]:
+    """`--bf16 auto` as options (`bf16`, and `use_cpu`, which Trainer needs for bf16 without a GPU) and the line that
+    says what was chosen."""
+    if not use_cpu and torch.accelerator.is_available():
+        return {"bf16": "false"}, None  # a GPU: Trainer's own default
+    if native_bf16():
+        note = "bf16 mixed precision: this CPU computes bf16 natively (--bf16 false trains in fp32)"
+        return {"bf16": "true", "use_cpu": "true"}, note
+    note = "fp32: this CPU has no native bf16, and emulated bf16 is slower than fp32 (--bf16 true uses it anyway)"
+    return {"bf16": "false"}, note
+
+
 def apply_run_arguments(run_args: RunArguments, training_args) -> None:
     """Threads, and no pinned memory on CPU (the DataLoader warns about it at every epoch and evaluation)."""
     set_threads(run_args.threads)
@@ -142,6 +166,13 @@ def apply_run_arguments(run_args: RunArguments, training_args) -> None:
 IMPLIED_ACTIONS = {"do_train": ("train_file",), "do_eval": ("validation_file",), "do_predict": ("test_file",)}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Options whose help names its own default (`--bf16`: auto, resolved before parsing) do not get argparse's."""
+
+    def _get_help_string(self, action):
+        return action.help if "(default:" in (action.help or "") else super()._get_help_string(action)
+
+
 def parse_script_args(
     dataclass_types: tuple[type, ...],
     argv: list[str] | None = None,
@@ -152,13 +183,12 @@ def parse_script_args(
     (benchmark drivers, `rnn-lm train cfg.json --output_dir x`). `defaults` replace dataclass defaults (and show in
     `--help`) for the options neither the file nor the flags give; an action of `implied` that is not given turns on
     when one of its options is."""
-    parser = transformers.HfArgumentParser(dataclass_types)
+    parser = transformers.HfArgumentParser(dataclass_types, formatter_class=HelpFormatter)
     parser.error = usage_error  # one line, not argparse's full usage text (136 lines) before it
     known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls)}
     # Piped to a file, tqdm's redraws become hundreds of lines; the logged losses (every logging_steps) remain.
     defaults = {**({} if sys.stderr.isatty() else {"disable_tqdm": True}), **(defaults or {})}
     defaults = {key: value for key, value in defaults.items() if key in known}
-    parser.set_defaults(**defaults)
     argv = sys.argv[1:] if argv is None else list(argv)
     values = {}
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
@@ -173,14 +203,52 @@ def parse_script_args(
             flags += [f"--{key}", json.dumps(value)]
         elif value is not None:
             flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    parsed = parser.parse_args_into_dataclasses(args=[*flags, *argv])
+    flags = [*flags, *argv]
     given = {*values, *(part[2:].partition("=")[0] for part in argv if part.startswith("--"))}
+    flags, note = resolve_auto_bf16(flags, defaults, given)
+    parser.set_defaults(**{key: value for key, value in defaults.items() if value != AUTO})
+    if defaults.get("bf16") == AUTO:
+        bf16 = next(action for action in parser._actions if "--bf16" in action.option_strings)
+        bf16.help = (
+            "bf16 mixed precision for the training steps: auto, true or false (default: auto, which trains in bf16 on "
+            "a CPU that computes bf16 natively, in fp32 on one that emulates it or on a GPU; evaluations are fp32)"
+        )
+    parsed = parser.parse_args_into_dataclasses(args=flags)
+    for obj in parsed:
+        if isinstance(obj, RunArguments):
+            obj.precision_note = note
     for action, sources in implied.items():
         if action not in given and any(getattr(obj, source, None) for obj in parsed for source in sources):
             for obj in parsed:
                 if hasattr(obj, action):
                     setattr(obj, action, True)
     return tuple(parsed)
+
+
+def resolve_auto_bf16(flags: list[str], defaults: dict, given: set[str]) -> tuple[list[str], str | None]:
+    """`--bf16 auto` (given, or the script's default when neither --bf16 nor --fp16 is) replaced by what it means on
+    this machine (`resolve_bf16`); returns the flags and the line that says what was chosen."""
+    from transformers.hf_argparser import string_to_bool
+
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--bf16", nargs="?", const="true", default=None)
+    peek.add_argument("--use_cpu", type=string_to_bool, nargs="?", const=True, default=False)
+    known, _ = peek.parse_known_args(flags)
+    # Trainer's bf16 option takes true/false only: every `--bf16 auto` goes, and the last one given decides.
+    kept, skip = [], False
+    for i, part in enumerate(flags):
+        following = flags[i + 1] if i + 1 < len(flags) else ""
+        if skip:
+            skip = False
+        elif part == "--bf16" and following.lower() == AUTO:
+            skip = True
+        elif part.lower() != f"--bf16={AUTO}":
+            kept.append(part)
+    auto = known.bf16 is None and defaults.get("bf16") == AUTO and "fp16" not in given
+    if not auto and str(known.bf16).lower() != AUTO:
+        return kept, None
+    options, note = resolve_bf16(known.use_cpu)
+    return [*kept, *(item for key, value in options.items() for item in (f"--{key}", value))], note
 
 
 def read_config_file(path: Path) -> dict:
@@ -235,6 +303,8 @@ def start_run(training_args: transformers.TrainingArguments, run_args: RunArgume
     log_level = training_args.get_process_log_level()
     for library in (datasets.utils.logging, transformers.utils.logging):
         library.set_verbosity(log_level)
+    if run_args.precision_note and training_args.should_log:
+        logger.info(run_args.precision_note)
     transformers.set_seed(training_args.seed)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     return push_to_hub

@@ -151,17 +151,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return train(*parse_arguments(argv), command=command_line(argv))
 
 
-def train(
+def build_trainer(
     model_args: ModelArguments,
     data_args: DataArguments,
     training_args: RNNLMTrainingArguments,
     run_args: RunArguments,
-    command: str | None = None,
-) -> dict[str, float]:
-    """The whole run from parsed arguments (`main` parses a command line; other scripts call this directly, as
-    ULMFiT's target-task LM fine-tuning does); `command` is what run_info.json records as the way to re-run it."""
-    started = time.time()
-    push_to_hub = start_run(training_args, run_args)
+) -> tuple[RNNLMTrainer, dict, dict]:
+    """The run's data, tokenizer, model and `RNNLMTrainer`, as `train` builds them (also what bench/speed.py times):
+    returns the trainer, the raw text splits and their token datasets."""
     logger.setLevel(training_args.get_process_log_level())
     # Stateful batches carry keys the model does not take (shift_labels, stream ids): keep them.
     training_args.remove_unused_columns = False
@@ -208,6 +205,22 @@ def train(
         processing_class=tokenizer,
         callbacks=run_args.callbacks(Path(training_args.output_dir) / "training_log.csv"),
     )
+    return trainer, raw, splits
+
+
+def train(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: RNNLMTrainingArguments,
+    run_args: RunArguments,
+    command: str | None = None,
+) -> dict[str, float]:
+    """The whole run from parsed arguments (`main` parses a command line; other scripts call this directly, as
+    ULMFiT's target-task LM fine-tuning does); `command` is what run_info.json records as the way to re-run it."""
+    started = time.time()
+    push_to_hub = start_run(training_args, run_args)
+    trainer, raw, splits = build_trainer(model_args, data_args, training_args, run_args)
+    model, tokenizer, is_demo = trainer.model, trainer.processing_class, data_args.is_demo
 
     metrics: dict[str, float] = {}
     if training_args.do_train or is_demo:
