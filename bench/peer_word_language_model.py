@@ -142,6 +142,20 @@ def evaluate(model, data_source, bptt):
     return total_loss / (len(data_source) - 1)
 
 
+def train_step(model, data, targets, hidden, lr, clip):
+    """One batch of main.py's `train()`: forward, NLL, backward, clipping, the SGD update by hand. Returns the loss
+    (a tensor: reading it is the caller's choice) and the new hidden state (bench/speed.py times this step)."""
+    hidden = repackage_hidden(hidden)
+    model.zero_grad()
+    output, hidden = model(data, hidden)  # (bptt * batch, ntoken)
+    loss = F.nll_loss(output, targets)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)  # prevents exploding gradients in LSTMs
+    for p in model.parameters():  # plain SGD, by hand as in the original
+        p.data.add_(p.grad, alpha=-lr)
+    return loss, hidden
+
+
 def train_epoch(model, train_data, args, lr, epoch, deadline):
     """One pass over the training columns, stopped early once time.monotonic() passes the deadline.
     Returns (stopped_early, tokens trained on, seconds spent)."""
@@ -151,14 +165,7 @@ def train_epoch(model, train_data, args, lr, epoch, deadline):
     n_batches = len(train_data) // args.bptt
     for batch, i in enumerate(range(0, train_data.size(0) - 1, args.bptt)):
         data, targets = get_batch(train_data, i, args.bptt)  # (bptt, batch), (bptt * batch,)
-        hidden = repackage_hidden(hidden)
-        model.zero_grad()
-        output, hidden = model(data, hidden)  # (bptt * batch, ntoken)
-        loss = F.nll_loss(output, targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)  # prevents exploding gradients in LSTMs
-        for p in model.parameters():  # plain SGD, by hand as in the original
-            p.data.add_(p.grad, alpha=-lr)
+        loss, hidden = train_step(model, data, targets, hidden, lr, args.clip)
         total_loss += loss.item()
         tokens += data.numel()
         if batch % args.log_interval == 0 and batch > 0:

@@ -18,12 +18,15 @@ Usage:
 import argparse
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,13 +35,14 @@ from pathlib import Path
 
 # Benchmark this checkout's package even where it is not pip-installed (a bare GPU machine).
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH = REPO_ROOT / "bench"
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: E402
+from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback  # noqa: E402
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM  # noqa: E402
 from rnn_lm_hf.modeling_rnn_lm import CACHE_FIELD  # noqa: E402
@@ -62,6 +66,7 @@ PRESETS = {
         "memory_prompts": [8, 64],
         "large_train_steps": 1,
         "large_repeats": 1,
+        "step_chunk": 2,
     },
     "small": {
         "num_layers": 2,
@@ -77,6 +82,7 @@ PRESETS = {
         "memory_prompts": list(MEMORY_PROMPTS),
         "large_train_steps": 2,
         "large_repeats": 2,
+        "step_chunk": 10,
     },
     "full": {
         "num_layers": 2,
@@ -92,6 +98,7 @@ PRESETS = {
         "memory_prompts": list(MEMORY_PROMPTS),
         "large_train_steps": 3,
         "large_repeats": 3,
+        "step_chunk": 10,
     },
 }
 # Requirement of issue 2: our throughput within 5% of the bare LM; decode flat in the context and near a bare loop.
@@ -106,8 +113,9 @@ DECODE_VARIANTS = ("generate", "forward_loop", "bare_loop")
 # larger-size training >= TRAIN_TARGET of bare, peak training memory within 1.1x bare, decoding memory flat.
 GPT2_TARGET = 10.0
 MEMORY_TARGET = 1.1
-MEASUREMENTS = ("train", "decode", "overhead", "generate", "gpt2", "memory", "train_large")
-DEFAULT_MEASUREMENTS = ("train", "decode", "overhead")  # the issue-14 GPU measurements are asked for by name
+MEASUREMENTS = ("train", "decode", "overhead", "step", "generate", "gpt2", "memory", "train_large")
+DEFAULT_MEASUREMENTS = ("train", "decode", "overhead", "step")  # the issue-14 GPU measurements are asked for by name
+CPU_ONLY_MEASUREMENTS = ("overhead", "step")
 
 
 # ----- models -----
@@ -350,6 +358,249 @@ def bench_train(
             )
             if a in throughput and b in throughput
         },
+    }
+
+
+# ----- 1b. the CPU training step of a recipe against bare loops of the same arithmetic (issue 24) -----
+# Issue 24: our Trainer step within 5% (fp32) / 10% (bf16) of a bare loop at the same regularisation, and our bf16
+# step at most half our fp32 one at 2x200.
+STEP_RECIPE = REPO_ROOT / "training" / "configs" / "ptb_awd_budget_cpu.json"
+STEP_WIDTHS = {"tiny": (32,), "small": (200,), "full": (200, 650)}
+STEP_TARGETS = {"fp32": 1.05, "bf16": 1.10}
+BF16_STEP_TARGET = 0.5
+STEP_PRECISIONS = ("fp32", "bf16")
+
+
+class Baton(TrainerCallback):
+    """Lets a Trainer's own loop run `chunk` optimizer steps at a time, in its own thread, whenever the bench hands it
+    the baton: so it is timed interleaved with the bare loops, with everything its loop does per step included."""
+
+    def __init__(self, chunk: int):
+        self.chunk, self.go, self.done, self.last = chunk, threading.Event(), threading.Event(), False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.chunk == 0:
+            self.done.set()
+            self.go.wait()
+            self.go.clear()
+            control.should_training_stop = self.last
+
+
+class TrainerChunks:
+    """`trainer.train()` in a thread; each call runs its next chunk of steps and returns when they are done."""
+
+    def __init__(self, trainer, chunk: int):
+        self.baton, self.error = Baton(chunk), None
+        trainer.add_callback(self.baton)
+        self.thread = threading.Thread(target=self.train, args=(trainer,), daemon=True)
+        self.thread.start()
+        self.wait()  # the first chunk: data loader, optimizer, compilation
+
+    def train(self, trainer) -> None:
+        try:
+            trainer.train()
+        except BaseException as error:  # re-raised in the bench's thread
+            self.error = error
+            self.baton.done.set()
+
+    def wait(self) -> None:
+        self.baton.done.wait()
+        self.baton.done.clear()
+        if self.error is not None:
+            raise RuntimeError("the Trainer's loop failed in the bench") from self.error
+
+    def __call__(self) -> None:
+        self.baton.go.set()
+        self.wait()
+
+    def finish(self) -> None:
+        self.baton.last = True
+        self.baton.go.set()
+        self.thread.join()
+
+
+def synthetic_corpus(path: Path, num_types: int, num_tokens: int, seed: int) -> Path:
+    """Lines of PTB's mean length (21 words) over `num_types` word types: a step's cost depends on the sizes, not on
+    the words, and a user's clone has no PTB."""
+    generator = torch.Generator().manual_seed(seed)
+    words = torch.randint(0, num_types, (num_tokens,), generator=generator).tolist()
+    words[:num_types] = range(num_types)  # every type occurs, so the vocabulary is exactly num_types (+ specials)
+    lines = [" ".join(f"w{word}" for word in words[i : i + 21]) for i in range(0, num_tokens, 21)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def recipe_trainer(corpus: Path, width: int, precision: str, compiled: bool, max_steps: int, out_dir: Path):
+    """The CPU budget recipe's `RNNLMTrainer` at this width and precision, built by train_clm.py's own code, with
+    the periodic evaluation, checkpoints and NT-ASGD (which needs them) off: training steps only."""
+    from rnn_lm_hf.training import train_clm
+
+    recipe = json.loads(STEP_RECIPE.read_text())
+    argv = [
+        str(STEP_RECIPE), "--output_dir", str(out_dir), "--train_file", str(corpus), "--validation_file", str(corpus),
+        "--test_file", str(corpus), "--config_overrides", f"{recipe['config_overrides']},hidden_size={width}",
+        "--bf16", str(precision == "bf16").lower(), "--torch_compile", str(compiled).lower(),
+        "--max_steps", str(max_steps), "--eval_strategy", "no", "--save_strategy", "no", "--nt_asgd", "false",
+        "--do_eval", "false", "--do_predict", "false", "--disable_tqdm", "true", "--threads", str(torch.get_num_threads()),
+    ]  # fmt: skip
+    model_args, data_args, training_args, run_args = train_clm.parse_arguments(argv)
+    trainer, _, splits = train_clm.build_trainer(model_args, data_args, training_args, run_args)
+    return trainer, splits["train"], recipe
+
+
+class BareAWDLM(nn.Module):
+    """AWD-LSTM's model (salesforce/awd-lstm-lm, model.py) at a config's sizes and dropouts: embedding dropout, locked
+    dropout on the embeddings, between layers and on the output, DropConnect on W_hh, tied softmax. Returns the
+    logits, the new state, and the last layer's raw and dropped outputs (what TAR and AR read)."""
+
+    def __init__(self, config: RNNLMConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = nn.Embedding(config.vocab_size, config.input_size)
+        sizes = config.layer_hidden_sizes
+        self.rnns = nn.ModuleList(
+            nn.LSTM(config.layer_input_size(i), size, batch_first=True) for i, size in enumerate(sizes)
+        )
+        self.decoder = nn.Linear(sizes[-1], config.vocab_size)
+        self.decoder.weight = self.encoder.weight
+
+    @staticmethod
+    def locked(x: torch.Tensor, p: float) -> torch.Tensor:
+        return x * x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p) if p > 0 else x
+
+    def forward(self, input_ids: torch.LongTensor, hidden=None):
+        config = self.config
+        embeds = self.encoder(input_ids)  # (batch, seq_len, input_size)
+        if config.dropout_embedding > 0:  # a dropped word type is zero at every occurrence in the batch
+            keep = embeds.new_empty(config.vocab_size).bernoulli_(1 - config.dropout_embedding)
+            embeds = embeds * (keep / (1 - config.dropout_embedding))[input_ids].unsqueeze(-1)
+        x, new_hidden = self.locked(embeds, config.dropout_input), []
+        for i, rnn in enumerate(self.rnns):
+            dropped = {"weight_hh_l0": nn.functional.dropout(rnn.weight_hh_l0, config.weight_drop)}
+            raw, state = torch.func.functional_call(rnn, dropped, (x, None if hidden is None else hidden[i]))
+            new_hidden.append(state)
+            x = self.locked(raw, config.dropout_output if i == len(self.rnns) - 1 else config.dropout_hidden)
+        return self.decoder(x), new_hidden, raw, x
+
+
+def bare_awd_step(config: RNNLMConfig, dataset, recipe: dict, precision: str, compiled: bool):
+    """AWD-LSTM's training loop (main.py `train()`) over the same windows as our Trainer: the learning rate scaled
+    by the window length, the state carried and detached, cross-entropy + AR + TAR, clipping, SGD with weight decay."""
+    model = BareAWDLM(config)
+    lr, clip, bptt = recipe["learning_rate"], recipe["max_grad_norm"], dataset.bptt
+    alpha, beta = recipe["activation_regularization"], recipe["temporal_activation_regularization"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=recipe["weight_decay"])
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def forward_loss(input_ids, targets, hidden):
+        with autocast:
+            logits, hidden, raw, dropped = model(input_ids, hidden)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = loss + alpha * dropped.pow(2).mean() + beta * (raw[:, 1:] - raw[:, :-1]).pow(2).mean()
+        return loss, hidden
+
+    forward_loss = torch.compile(forward_loss) if compiled else forward_loss
+    carried = {"segment": 0, "hidden": None}
+
+    def step() -> None:
+        k = carried["segment"]
+        carried["segment"] = (k + 1) % dataset.num_segments
+        batch = dataset.segment(k)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * batch["input_ids"].shape[1] / bptt
+        hidden = None if k == 0 else detach(carried["hidden"])
+        optimizer.zero_grad(set_to_none=True)
+        loss, carried["hidden"] = forward_loss(batch["input_ids"], batch["shift_labels"], hidden)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+
+    return step
+
+
+def word_language_model_step(config: RNNLMConfig, dataset, batch_size: int):
+    """The plain pytorch/examples step (bench/peer_word_language_model.py: fused nn.LSTM, dropout 0.2, tied, fixed
+    bptt 35, no other regularisation, fp32) over the same token stream."""
+    spec = importlib.util.spec_from_file_location("peer_word_language_model", BENCH / "peer_word_language_model.py")
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    width = config.layer_hidden_sizes[-1]
+    model = peer.RNNModel(config.vocab_size, width, width, config.num_hidden_layers, 0.2, tie_weights=True)
+    # The streams as the peer's (tokens, batch) columns.
+    columns = torch.cat([dataset.segment(k)["input_ids"] for k in range(dataset.num_segments)], 1).t()[:, :batch_size]
+    carried = {"row": 0, "hidden": model.init_hidden(batch_size)}
+
+    def step() -> None:
+        row = carried["row"] if carried["row"] + 36 < len(columns) else 0
+        data, targets = peer.get_batch(columns, row, 35)
+        _, carried["hidden"] = peer.train_step(model, data, targets, carried["hidden"], 20.0, 0.25)
+        carried["row"] = row + 35
+
+    return step
+
+
+def bench_step(settings: dict, device: torch.device) -> dict:
+    """ms per training step of the CPU budget recipe through our Trainer (train_clm.py's own objects), fp32 and bf16,
+    eager and compiled, against AWD-LSTM's bare loop doing the same arithmetic and the plain word_language_model
+    step; every variant in interleaved chunks of the same windows, at each width of the preset."""
+    if device.type != "cpu":
+        raise ValueError("the step measurement is a CPU one (issue 24); run it with --device cpu")
+    chunk, repeats = settings["step_chunk"], settings["repeats"]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        steps_needed = chunk * (repeats + 2) + 1
+        corpus = synthetic_corpus(
+            Path(tmp) / "corpus.txt", settings["vocab_size"] - 4, (steps_needed + 5) * 20 * 37, settings["seed"]
+        )
+        for width in STEP_WIDTHS[settings["sizes"]]:
+            runs, trainers = {}, []
+            for precision in STEP_PRECISIONS:
+                for compiled in (mode == "compiled" for mode in settings["step_modes"]):
+                    suffix = f"{precision}{'_compiled' if compiled else ''}"
+                    out_dir = Path(tmp) / f"ours_{width}_{suffix}"
+                    trainer, dataset, recipe = recipe_trainer(
+                        corpus, width, precision, compiled, steps_needed, out_dir
+                    )
+                    trainers.append(TrainerChunks(trainer, chunk))
+                    runs[f"ours_{suffix}"] = trainers[-1]
+                    bare = bare_awd_step(trainer.model.config, dataset, recipe, precision, compiled)
+                    for _ in range(chunk):  # the same warm-up chunk (and compilation) as the Trainer's first
+                        bare()
+                    runs[f"bare_{suffix}"] = lambda bare=bare: [bare() for _ in range(chunk)]
+            wlm = word_language_model_step(trainer.model.config, dataset, recipe["per_device_train_batch_size"])
+            runs["word_language_model"] = lambda wlm=wlm: [wlm() for _ in range(chunk)]
+            runs["word_language_model"]()
+            names = tuple(runs)
+            ms = {name: [] for name in names}
+            for repeat in range(repeats):
+                for name in rotated(names, repeat):
+                    start = time.perf_counter()
+                    runs[name]()
+                    ms[name].append(1000 * (time.perf_counter() - start) / chunk)
+            for chunks in trainers:
+                chunks.finish()
+            suffixes = [f"{precision}{'_compiled' if mode == 'compiled' else ''}" for precision in STEP_PRECISIONS
+                        for mode in settings["step_modes"]]  # fmt: skip
+            ratios = {}
+            for suffix in suffixes:
+                ratios[f"ours_{suffix}/bare_{suffix}"] = compare(ms[f"ours_{suffix}"], ms[f"bare_{suffix}"])
+                ratios[f"ours_{suffix}/word_language_model"] = compare(ms[f"ours_{suffix}"], ms["word_language_model"])
+            # bf16 against fp32 in the same mode, and the compiled bf16 against eager fp32 (what the recipe gains).
+            for kind in ("ours", "bare"):
+                for a, b in (("bf16", "fp32"), ("bf16_compiled", "fp32_compiled"), ("bf16_compiled", "fp32")):
+                    if a in suffixes and b in suffixes:
+                        ratios[f"{kind}_{a}/{kind}_{b}"] = compare(ms[f"{kind}_{a}"], ms[f"{kind}_{b}"])
+            results[f"2x{width}"] = {
+                "ms_per_step": {name: summarize(values) for name, values in ms.items()},
+                "ratios": ratios,  # ms ratios: below 1 means the numerator is faster
+                "tokens_per_step": recipe["per_device_train_batch_size"] * recipe["block_size"],
+            }
+    return {
+        "recipe": str(STEP_RECIPE.relative_to(REPO_ROOT)),
+        "chunk_steps": chunk,
+        "note": "ms per optimizer step; ours = RNNLMTrainer as train_clm.py builds it from the recipe (evaluation, "
+        "checkpoints and NT-ASGD off), bare = AWD-LSTM's loop with the same regularisation on the same windows",
+        **results,
     }
 
 
@@ -819,6 +1070,15 @@ def verdicts(results: dict, settings: dict) -> dict:
                 "pass": value <= DECODE_TARGET,
             }
     checks.update(issue14_verdicts(results))
+    for width, row in (results.get("step") or {}).items():
+        if not width.startswith("2x"):
+            continue
+        for key, ratio in row["ratios"].items():
+            numerator, denominator = key.split("/")
+            if numerator.startswith("ours_") and denominator.startswith("bare_"):
+                checks[f"step {width} {key}"] = check(ratio["median"], f"<= {STEP_TARGETS[numerator[5:9]]}")
+            elif width == "2x200" and numerator.startswith("ours_bf16"):
+                checks[f"step {width} {key}"] = check(ratio["median"], f"<= {BF16_STEP_TARGET}")
     return checks
 
 
@@ -890,6 +1150,14 @@ def print_report(results: dict) -> None:
         for key, ratio in decode["ratios"].items():
             print(f"  {key:<36} {span(ratio, '.3f')}")
         print(f"  same greedy tokens in all variants: {decode['same_tokens']}")
+    step = results.get("step") or {}
+    for width, row in step.items():
+        if width.startswith("2x"):
+            print(f"\nTraining step of {step['recipe']} at {width} ({step['chunk_steps']}-step chunks): ms/step")
+            for name, stats in row["ms_per_step"].items():
+                print(f"  {name:<22} {span(stats, ',.1f')}")
+            for key, ratio in row["ratios"].items():
+                print(f"  {key:<44} {span(ratio, '.3f')}")
     print_issue14_report(results)
     print("\nTargets (median of per-repeat ratios):")
     for key, check in results["targets"].items():
@@ -949,6 +1217,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"measurements to run (default: {' '.join(DEFAULT_MEASUREMENTS)}; the overhead one on CPU only)",
     )
     parser.add_argument("--overhead-new-tokens", type=int, default=200, help="tokens per tiny-model overhead run")
+    parser.add_argument(
+        "--step-modes",
+        nargs="+",
+        choices=["eager", "compiled"],
+        default=["eager", "compiled"],
+        help="the step measurement's modes (compiling each variant takes ~30 s on one thread)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/speed_<dev>.json)")
     args = parser.parse_args(argv)
@@ -970,6 +1245,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
     settings.update({key: value for key, value in overrides.items() if value is not None})
     settings.update(warmup=args.warmup, dropout=args.dropout, tie=args.tie, lr=args.lr, clip=args.clip, seed=args.seed)
     settings["overhead_new_tokens"] = args.overhead_new_tokens
+    settings["step_modes"] = args.step_modes
     if settings["new_tokens"] < 2:
         raise ValueError("--new-tokens must be at least 2: latency is measured between the first and last token.")
     return settings
@@ -997,7 +1273,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = args.out or REPO_ROOT / "bench" / "results" / f"speed_{args.device}_{args.sizes}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    only = args.only or [m for m in DEFAULT_MEASUREMENTS if m != "overhead" or device.type == "cpu"]
+    only = args.only or [m for m in DEFAULT_MEASUREMENTS if m not in CPU_ONLY_MEASUREMENTS or device.type == "cpu"]
     stages = {
         "train": lambda: {
             "fp32": bench_train(models, settings, device),
@@ -1005,6 +1281,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "decode": lambda: bench_decode(models, settings, device),
         "overhead": lambda: bench_overhead(settings, device),
+        "step": lambda: bench_step(settings, device),
         "generate": lambda: bench_generate(models, settings, device),
         "gpt2": lambda: bench_gpt2(models, settings, device),
         "memory": lambda: bench_memory(models, settings, device),

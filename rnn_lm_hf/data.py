@@ -255,6 +255,10 @@ class StreamSegments(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_streams * self.num_segments
 
+    def segment(self, k: int) -> dict[str, torch.Tensor]:
+        """Segment `k` of every stream at once, (num_streams, length) per column: a bare training loop's batch."""
+        return {key: value[:, self.bounds[k] : self.bounds[k + 1]] for key, value in self._columns.items()}
+
     def locate(self, index: int) -> tuple[int, int]:
         """(stream_id, segment_id) of flat `index`, following the layout in the class docstring."""
         global_batch, row = divmod(index, self.batch_size)

@@ -29,7 +29,7 @@ def positive_stats(stats: dict) -> bool:
 def test_speed_script_writes_complete_json(speed, tmp_path, one_thread):
     out = tmp_path / "speed.json"
     argv = ["--device", "cpu", "--sizes", "tiny", "--threads", "1", "--repeats", "2", "--warmup", "1"]
-    argv += ["--new-tokens", "4", "--prompt-lengths", "4", "16", "--overhead-new-tokens", "4"]
+    argv += ["--new-tokens", "4", "--prompt-lengths", "4", "16", "--overhead-new-tokens", "4", "--step-modes", "eager"]
     returned = speed.main([*argv, "--out", str(out)])
     results = json.loads(out.read_text())
     assert results == json.loads(json.dumps(returned))  # what is written is what main returns
@@ -65,7 +65,14 @@ def test_speed_script_writes_complete_json(speed, tmp_path, one_thread):
         "decode generate/bare_loop@16",
         "overhead ours_generate/gpt2_generate",
         "overhead ours_generate/mamba_generate",
+        "step 2x32 ours_fp32/bare_fp32",
+        "step 2x32 ours_bf16/bare_bf16",
     }
+    step = results["step"]["2x32"]  # the recipe's Trainer step against AWD's bare loop, interleaved
+    names = {"ours_fp32", "ours_bf16", "bare_fp32", "bare_bf16", "word_language_model"}
+    assert set(step["ms_per_step"]) == names
+    assert all(positive_stats(stats) and len(stats["values"]) == 2 for stats in step["ms_per_step"].values())
+    assert {"ours_bf16/ours_fp32", "bare_bf16/bare_fp32", "ours_fp32/word_language_model"} <= set(step["ratios"])
     overhead = results["overhead"]
     assert set(overhead["ms_per_token"]) == {
         "ours_generate",
