@@ -112,6 +112,9 @@ def test_char_level_run_evaluates_as_trained_and_reports_adaptive_perplexities(t
             "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "1", "--max_steps", "30",
             "--learning_rate", "0.01", "--optim", "adamw_torch", "--report_to", "none", "--use_cpu", "True",
             "--disable_tqdm", "True", "--num_samples", "0", "--save_strategy", "no",
+            # fp32: on this 30-step model whether any dynamic-evaluation rate beats the static one on the tuning text
+            # hangs on the last digits (the bf16-trained one picks "off"); the evaluation path is what is tested.
+            "--bf16", "false",
         ]
     )  # fmt: skip
     capsys.readouterr()

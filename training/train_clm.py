@@ -219,8 +219,9 @@ def train(
     ULMFiT's target-task LM fine-tuning does); `command` is what run_info.json records as the way to re-run it."""
     started = time.time()
     push_to_hub = start_run(training_args, run_args)
+    is_demo = data_args.is_demo  # before build_trainer fills in the demo corpus's files
     trainer, raw, splits = build_trainer(model_args, data_args, training_args, run_args)
-    model, tokenizer, is_demo = trainer.model, trainer.processing_class, data_args.is_demo
+    model, tokenizer = trainer.model, trainer.processing_class
 
     metrics: dict[str, float] = {}
     if training_args.do_train or is_demo:
