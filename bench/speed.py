@@ -1077,7 +1077,7 @@ def verdicts(results: dict, settings: dict) -> dict:
             numerator, denominator = key.split("/")
             if numerator.startswith("ours_") and denominator.startswith("bare_"):
                 checks[f"step {width} {key}"] = check(ratio["median"], f"<= {STEP_TARGETS[numerator[5:9]]}")
-            elif width == "2x200" and numerator.startswith("ours_bf16"):
+            elif width == "2x200" and numerator.startswith("ours_bf16") and denominator.startswith("ours_fp32"):
                 checks[f"step {width} {key}"] = check(ratio["median"], f"<= {BF16_STEP_TARGET}")
     return checks
 
