@@ -42,8 +42,8 @@ CLM_DEFAULTS = {"learning_rate": 2e-3, "logging_steps": 10, "bf16": "auto"}
 FINETUNE_DEFAULTS = {"learning_rate": 5e-3, "logging_steps": 10, "bf16": "auto"}
 NONFINITE_ACTIONS = ("stop", "skip")
 # `--bf16 auto` (the scripts' default): bf16 mixed precision when training on a CPU that computes bf16 natively, where
-# a step is up to 2x faster (BENCHMARKS section 9); fp32 on one that only emulates it, where bf16 would be slower.
-# On a GPU `auto` means fp32, as Trainer's default: pass --bf16 true there.
+# a step takes 0.6-0.85 of its fp32 time (BENCHMARKS section 9); fp32 on one that only emulates bf16, which is slower
+# than fp32 there. On a GPU `auto` means fp32, as Trainer's default: pass --bf16 true there.
 AUTO = "auto"
 
 
