@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback  # noqa: E402
+from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback, TrainingArguments  # noqa: E402
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM  # noqa: E402
 from rnn_lm_hf.modeling_rnn_lm import CACHE_FIELD  # noqa: E402
@@ -445,7 +445,7 @@ def recipe_trainer(corpus: Path, width: int, precision: str, compiled: bool, max
     ]  # fmt: skip
     model_args, data_args, training_args, run_args = train_clm.parse_arguments(argv)
     trainer, _, splits = train_clm.build_trainer(model_args, data_args, training_args, run_args)
-    return trainer, splits["train"], recipe
+    return trainer, splits["train"]
 
 
 class BareAWDLM(nn.Module):
@@ -483,13 +483,13 @@ class BareAWDLM(nn.Module):
         return self.decoder(x), new_hidden, raw, x
 
 
-def bare_awd_step(config: RNNLMConfig, dataset, recipe: dict, precision: str, compiled: bool):
+def bare_awd_step(config: RNNLMConfig, dataset, args: TrainingArguments, precision: str, compiled: bool):
     """AWD-LSTM's training loop (main.py `train()`) over the same windows as our Trainer: the learning rate scaled
     by the window length, the state carried and detached, cross-entropy + AR + TAR, clipping, SGD with weight decay."""
     model = BareAWDLM(config)
-    lr, clip, bptt = recipe["learning_rate"], recipe["max_grad_norm"], dataset.bptt
-    alpha, beta = recipe["activation_regularization"], recipe["temporal_activation_regularization"]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=recipe["weight_decay"])
+    lr, clip, bptt = args.learning_rate, args.max_grad_norm, dataset.bptt
+    alpha, beta = args.activation_regularization, args.temporal_activation_regularization
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def forward_loss(input_ids, targets, hidden):
@@ -558,16 +558,14 @@ def bench_step(settings: dict, device: torch.device) -> dict:
                 for compiled in (mode == "compiled" for mode in settings["step_modes"]):
                     suffix = f"{precision}{'_compiled' if compiled else ''}"
                     out_dir = Path(tmp) / f"ours_{width}_{suffix}"
-                    trainer, dataset, recipe = recipe_trainer(
-                        corpus, width, precision, compiled, steps_needed, out_dir
-                    )
+                    trainer, dataset = recipe_trainer(corpus, width, precision, compiled, steps_needed, out_dir)
                     trainers.append(TrainerChunks(trainer, chunk))
                     runs[f"ours_{suffix}"] = trainers[-1]
-                    bare = bare_awd_step(trainer.model.config, dataset, recipe, precision, compiled)
+                    bare = bare_awd_step(trainer.model.config, dataset, trainer.args, precision, compiled)
                     for _ in range(chunk):  # the same warm-up chunk (and compilation) as the Trainer's first
                         bare()
                     runs[f"bare_{suffix}"] = lambda bare=bare: [bare() for _ in range(chunk)]
-            wlm = word_language_model_step(trainer.model.config, dataset, recipe["per_device_train_batch_size"])
+            wlm = word_language_model_step(trainer.model.config, dataset, dataset.batch_size)
             runs["word_language_model"] = lambda wlm=wlm: [wlm() for _ in range(chunk)]
             runs["word_language_model"]()
             names = tuple(runs)
@@ -593,7 +591,7 @@ def bench_step(settings: dict, device: torch.device) -> dict:
             results[f"2x{width}"] = {
                 "ms_per_step": {name: summarize(values) for name, values in ms.items()},
                 "ratios": ratios,  # ms ratios: below 1 means the numerator is faster
-                "tokens_per_step": recipe["per_device_train_batch_size"] * recipe["block_size"],
+                "tokens_per_step": dataset.batch_size * dataset.bptt,
             }
     return {
         "recipe": str(STEP_RECIPE.relative_to(REPO_ROOT)),
