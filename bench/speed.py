@@ -1212,7 +1212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=MEASUREMENTS,
         default=None,
-        help=f"measurements to run (default: {' '.join(DEFAULT_MEASUREMENTS)}; the overhead one on CPU only)",
+        help=f"measurements to run (default: {' '.join(DEFAULT_MEASUREMENTS)}; overhead and step on CPU only)",
     )
     parser.add_argument("--overhead-new-tokens", type=int, default=200, help="tokens per tiny-model overhead run")
     parser.add_argument(
