@@ -234,6 +234,50 @@ def test_causal_lm_loss_is_token_mean_cross_entropy_shifted_inside(tiny_config):
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_items_in_batch", [None, 23])
+def test_causal_lm_loss_equals_transformers_loss_and_its_gradient(dtype, num_items_in_batch):
+    """The head's loss (one exp per logit, the gradient made in the forward pass, no fp32 copy of bf16 logits) gives
+    transformers' ForCausalLMLoss value and gradient, across row blocks, ignored targets and num_items_in_batch."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from rnn_lm_hf.modeling_rnn_lm import LOSS_BLOCK_ELEMENTS, causal_lm_loss
+
+    vocab = 1000
+    seq_len = 3 * LOSS_BLOCK_ELEMENTS // vocab // 4 + 1  # several blocks, the last one partial
+    logits = (torch.randn(4, seq_len, vocab) * 4).to(dtype).requires_grad_()
+    labels = torch.randint(0, vocab, (4, seq_len))
+    labels[0, :5] = labels[2, -3:] = -100
+    got = causal_lm_loss(logits, labels, vocab, num_items_in_batch=num_items_in_batch)
+    (got_grad,) = torch.autograd.grad(3 * got, logits)
+    want = ForCausalLMLoss(logits, labels, vocab, num_items_in_batch=num_items_in_batch)
+    (want_grad,) = torch.autograd.grad(3 * want, logits)
+    assert got.dtype == torch.float32 and got_grad.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # bf16: the gradient is rounded to bf16 once (transformers' path rounds it too, at the cast back)
+    tolerance = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 8e-3, "atol": 1e-6}
+    torch.testing.assert_close(got_grad.float(), want_grad.float(), **tolerance)
+    assert got_grad[0, 3].abs().sum() == 0  # its target, the next label, is ignored
+    with torch.no_grad():  # evaluation: the loss alone
+        torch.testing.assert_close(causal_lm_loss(logits, labels, vocab), ForCausalLMLoss(logits, labels, vocab))
+
+
+def test_causal_lm_loss_is_exact_for_extreme_logits_and_can_be_replaced(tiny_config):
+    from rnn_lm_hf.modeling_rnn_lm import causal_lm_loss
+
+    # A target 200 nats below the best logit: exp underflows in fp32, the log-sum-exp form stays exact.
+    logits = torch.zeros(1, 2, 5)
+    logits[0, 0, 1], logits[0, 0, 3] = -200.0, 0.0
+    loss = causal_lm_loss(logits, None, 5, shift_labels=torch.tensor([[1, -100]]))
+    torch.testing.assert_close(loss, nn.functional.cross_entropy(logits[0, :1], torch.tensor([1])))
+    assert torch.isfinite(loss) and loss > 200
+    # As in transformers, setting `loss_function` on a model replaces it.
+    model = RNNLMForCausalLM(tiny_config)
+    assert model.loss_function is causal_lm_loss
+    model.loss_function = lambda logits, labels, vocab_size, **kwargs: logits.sum() * 0
+    assert model(ids(), labels=ids()).loss == 0
+
+
 @pytest.mark.parametrize(
     ("problem_type", "labels"),
     [
