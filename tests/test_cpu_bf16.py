@@ -142,8 +142,9 @@ def test_resume_from_a_bf16_checkpoint_equals_the_uninterrupted_run(tmp_path, co
 
 
 def test_evaluation_inside_bf16_training_and_the_trained_model_are_fp32(tmp_path):
-    """accelerate wraps the model's forward in bf16 autocast for training; `full_precision` (every evaluation) calls
-    the plain forward, and once `train` returns the model is plain again."""
+    """accelerate wraps the model's forward in bf16 autocast for training (our trainers drop its fp32 conversion of
+    the outputs); `full_precision` (every evaluation) calls the plain forward, and once `train` returns the model is
+    plain again."""
     model = RNNLMForCausalLM(make_config(dropout=0.0))
     inputs = torch.randint(3, 99, (2, 12))
 
@@ -161,7 +162,8 @@ def test_evaluation_inside_bf16_training_and_the_trained_model_are_fp32(tmp_path
     trainer.train_dataset = blocks
     trainer.add_callback(probe)
     trainer.train()
-    assert not torch.equal(probe.wrapped, probe.fp32)  # training steps compute in bf16
+    # Training steps compute in bf16, and their outputs stay bf16: no fp32 copy of the logits that nothing reads.
+    assert probe.wrapped.dtype == torch.bfloat16 and not torch.equal(probe.wrapped.float(), probe.fp32)
     torch.testing.assert_close(probe.evaluated, probe.fp32, rtol=0, atol=0)
     assert "forward" not in model.__dict__ and "_original_forward" not in model.__dict__
     with torch.no_grad():
