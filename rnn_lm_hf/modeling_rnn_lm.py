@@ -245,20 +245,20 @@ LOSS_BLOCK_ELEMENTS = 2**18
 
 
 def softmax_cross_entropy_rows(
-    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, with_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each row's cross-entropy (fp32) and, `with_grad`, its gradient `weights * (softmax - one-hot)` in the logits'
-    dtype: one exp per logit, in fp32."""
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, grad: torch.Tensor | None
+) -> torch.Tensor:
+    """Each row's cross-entropy (fp32); given `grad`, also writes `weights * (softmax - one-hot)` into it (the logits'
+    dtype). One exp per logit, in fp32."""
     scores = logits.float()
     top = scores.amax(-1, keepdim=True)
     exp = (scores - top).exp_()
     total = exp.sum(-1, keepdim=True)
     losses = (top + total.log() - scores.gather(1, targets)).squeeze(1)
-    if not with_grad:
-        return losses, None
-    softmax = exp.div_(total)
-    softmax.scatter_add_(1, targets, softmax.new_full(targets.shape, -1.0))
-    return losses, softmax.mul_(weights).to(logits.dtype)
+    if grad is not None:
+        softmax = exp.div_(total)
+        softmax.scatter_add_(1, targets, softmax.new_full(targets.shape, -1.0))
+        grad.copy_(softmax.mul_(weights))
+    return losses
 
 
 class SoftmaxCrossEntropy(torch.autograd.Function):
@@ -276,21 +276,17 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         ignored = targets == ignore_index
         targets = targets.masked_fill(ignored, 0).unsqueeze(1)
         weights = (~ignored).unsqueeze(1) / divisor  # each target's share of the gradient
-        with_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
         if torch.compiler.is_compiling():
-            losses, grad = softmax_cross_entropy_rows(logits, targets, weights, with_grad)
+            losses = softmax_cross_entropy_rows(logits, targets, weights, grad)
         else:
             rows, vocab = logits.shape
             block = max(1, LOSS_BLOCK_ELEMENTS // vocab)
             losses = logits.new_empty(rows, dtype=torch.float32)
-            grad = torch.empty_like(logits) if with_grad else None
             for start in range(0, rows, block):
                 part = slice(start, start + block)
-                losses[part], part_grad = softmax_cross_entropy_rows(
-                    logits[part], targets[part], weights[part], with_grad
-                )
-                if with_grad:
-                    grad[part] = part_grad
+                part_grad = None if grad is None else grad[part]
+                losses[part] = softmax_cross_entropy_rows(logits[part], targets[part], weights[part], part_grad)
         ctx.save_for_backward(grad)
         return losses.masked_fill(ignored, 0.0).sum() / divisor
 
