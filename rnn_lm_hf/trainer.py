@@ -129,7 +129,7 @@ def remove_autocast(model: torch.nn.Module) -> None:
 def keep_autocast_outputs(model: torch.nn.Module) -> None:
     """Drop the fp32 conversion from accelerate's mixed-precision wrapper, keeping its autocast. It copies every bf16
     output to fp32, which for a training step is a (batch, seq_len, vocab) copy of the logits that nothing reads (the
-    losses are fp32 already): 5-8% of a 2x200 bf16 step on a CPU. Evaluation calls the original forward anyway."""
+    LM losses are fp32 already): 5-8% of a 2x200 bf16 step on a CPU. Evaluation calls the original forward anyway."""
     wrapper = getattr(model.__dict__.get("forward"), "__func__", None)
     convert = getattr(wrapper, "__wrapped__", wrapper)  # accelerate's decorator function around the converter
     if isinstance(convert, ConvertOutputsToFp32):
@@ -139,10 +139,6 @@ def keep_autocast_outputs(model: torch.nn.Module) -> None:
 class FP32Evaluation:
     """Trainer mixin: mixed precision (`--bf16`) for the training steps only. Evaluations and predictions run in fp32,
     and the trained model computes in fp32 again once `train` returns."""
-
-    def training_step(self, *args, **kwargs):
-        keep_autocast_outputs(self.model)  # once prepared; a no-op after
-        return super().training_step(*args, **kwargs)
 
     def train(self, *args, **kwargs):
         try:
@@ -341,6 +337,7 @@ class RNNLMTrainer(FP32Evaluation, Trainer):
         return (ar + tar) / self.args.gradient_accumulation_steps
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        keep_autocast_outputs(self.model)  # once accelerate has wrapped it; a no-op after
         dataset = self.train_dataset
         if getattr(dataset, "variable_bptt", False) and self.lr_scheduler is not None:
             # AWD-LSTM scales the step size with the window length, so short windows don't weigh as much as long ones.
