@@ -347,9 +347,11 @@ def spelling_table(tokens: list[str], max_chars: int) -> tuple[torch.Tensor, dic
     return table, characters
 
 
-def linear_scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, max_block: int) -> torch.Tensor:
-    """Every state of the linear recurrence h_t = a_t * h_{t-1} + b_t at once (a_t = exp(log_a_t) in (0, 1]):
-    (batch, seq_len, hidden) from (batch, seq_len, hidden) inputs and h0 (batch, hidden) or None (zeros).
+def blocked_scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, max_block: int, reverse: bool = False):
+    """Every state of the linear recurrence h_t = a_t * h_{t-1} + b_t at once (a_t = exp(log_a_t) in (0, 1]), or with
+    `reverse` of h_t = a_t * h_{t+1} + b_t from the end: (batch, seq_len, hidden) from (batch, seq_len, hidden) inputs
+    and h0 (batch, hidden) or None (zeros), the state before the first step (after the last one with `reverse`).
+    No autograd of its own: `LinearScan` is its gradient.
 
     Each block of steps is solved in closed form, h_t = A_t * (c + sum_{k<=t} b_k / A_k) with A_t the decay since the
     block's start and c the state entering it, by two triangular matrix products over all blocks at once; one
@@ -360,23 +362,52 @@ def linear_scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, m
     batch, length, hidden = b.shape
     block = next((size for size in range(max_block, max_block // 2, -1) if length % size == 0), max_block)
     blocks = -(-length // block)
-    if blocks * block != length:  # identity steps (a = 1, b = 0) up to whole blocks
-        pad = (0, 0, 0, blocks * block - length)
+    if blocks * block != length:  # identity steps (a = 1, b = 0) up to whole blocks, after the end it starts from
+        pad = (0, 0, blocks * block - length, 0) if reverse else (0, 0, 0, blocks * block - length)
         log_a, b = nn.functional.pad(log_a, pad), nn.functional.pad(b, pad)
-    lower = torch.ones(block, block, dtype=b.dtype, device=b.device).tril()  # (block, block): t >= k
-    log_decay = lower @ log_a.view(batch, blocks, block, hidden)  # log A_t, summed from the block's start
-    decay = log_decay.exp()
-    # b * e^-x, not b / e^x: the latter's gradient divides by e^2x, which underflows to zero.
-    inner = lower @ (b.view(batch, blocks, block, hidden) * (-log_decay).exp())  # (batch, blocks, block, hidden)
-    if blocks > 1 or h0 is not None:  # the state entering each block, carried from the one before
-        carry = torch.zeros_like(inner[:, 0, 0]) if h0 is None else h0.to(inner.dtype)  # (batch, hidden)
-        carries, block_decay, block_inner = [], decay[:, :, -1], inner[:, :, -1]
-        for j in range(blocks):
-            carries.append(carry)
-            carry = block_decay[:, j] * (carry + block_inner[:, j])
-        inner = inner + torch.stack(carries, 1).unsqueeze(2)
-    h = decay * inner
-    return h.view(batch, blocks * block, hidden)[:, :length]
+    with torch.autocast(b.device.type, enabled=False):  # fp32 under any autocast dtype
+        steps = torch.ones(block, block, dtype=b.dtype, device=b.device)  # (block, block): t >= k (t <= k reversed)
+        steps = steps.triu() if reverse else steps.tril()
+        decay = (steps @ log_a.view(batch, blocks, block, hidden)).exp_()  # A_t, from the block's start
+        inner = steps @ (b.view(batch, blocks, block, hidden) / decay)  # (batch, blocks, block, hidden)
+    edge = 0 if reverse else -1  # the step that hands a block's state on
+    carry = h0
+    for j in range(blocks - 1, -1, -1) if reverse else range(blocks):  # the state entering each block
+        if carry is not None:
+            inner[:, j] += carry.unsqueeze(1)
+        carry = decay[:, j, edge] * inner[:, j, edge]
+    h = inner.mul_(decay).view(batch, blocks * block, hidden)
+    return h[:, blocks * block - length :] if reverse else h[:, :length]
+
+
+class LinearScan(torch.autograd.Function):
+    """`blocked_scan` with its gradient, which is the same scan run backwards: g_t = dL/dh_t + a_{t+1} g_{t+1} is the
+    gradient of b_t, g_t * a_t * h_{t-1} that of log a_t. Autograd through the blocks would instead replay every
+    product and carry, several times the scan's own cost."""
+
+    @staticmethod
+    def forward(ctx, log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, max_block: int) -> torch.Tensor:
+        h = blocked_scan(log_a, b, h0, max_block)
+        ctx.save_for_backward(log_a, h, h0)
+        ctx.max_block = max_block
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: torch.Tensor):
+        log_a, h, h0 = ctx.saved_tensors
+        next_log_a = nn.functional.pad(log_a[:, 1:], (0, 0, 0, 1))  # a_{t+1}; nothing after the last step
+        grad_b = blocked_scan(next_log_a, grad_h.contiguous(), None, ctx.max_block, reverse=True)
+        grad_log_a = grad_b * log_a.exp()  # g_t * a_t, the gradient of h_{t-1}; times h_{t-1} below
+        grad_h0 = None if h0 is None else grad_log_a[:, 0].clone()
+        grad_log_a[:, 1:] *= h[:, :-1]
+        grad_log_a[:, 0] *= 0 if h0 is None else h0
+        return grad_log_a, grad_b, grad_h0, None
+
+
+def linear_scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, max_block: int) -> torch.Tensor:
+    """`blocked_scan` forward in time, differentiable (`LinearScan`): (batch, seq_len, hidden)."""
+    return LinearScan.apply(log_a, b, h0, max_block)
 
 
 class MinGRU(nn.Module):
@@ -398,6 +429,7 @@ class MinGRU(nn.Module):
 
     block = 8  # most steps `linear_scan` solves in closed form at once; 8 x 7.5 = 60 keeps e^60 within fp32
     min_log_forget = -7.5
+    max_gate = math.log(math.expm1(-min_log_forget))  # the gate where 1 - z_t reaches that floor
 
     def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True, bidirectional: bool = False):
         super().__init__()
@@ -444,8 +476,10 @@ class MinGRU(nn.Module):
         """One direction: outputs (batch, seq_len, hidden) in the projection's dtype, final state (batch, hidden) fp32."""
         projected = nn.functional.linear(x, weight, bias)  # (batch, seq_len, 2 * hidden), bf16 under autocast
         gate, candidate = projected.float().chunk(2, -1)
-        log_forget = nn.functional.logsigmoid(-gate).clamp(min=self.min_log_forget)  # log(1 - z_t), floored
-        update = torch.sigmoid(gate) * torch.where(candidate >= 0, candidate + 0.5, torch.sigmoid(candidate))
+        # Written with relu rather than clamp / where, whose backward passes are several times slower on a CPU:
+        # log(1 - z_t) = log sigmoid(-min(gate, max_gate)), floored at min_log_forget; g(x) = relu(x) + sigmoid(min(x, 0)).
+        log_forget = torch.sigmoid((self.max_gate - gate).relu() - self.max_gate).log()
+        update = torch.sigmoid(gate) * (candidate.relu() + torch.sigmoid(-(-candidate).relu()))
         if mask is not None:  # a pad: z = 0, the state passes unchanged
             keep = mask.unsqueeze(-1)
             log_forget, update = log_forget * keep, update * keep
@@ -453,8 +487,7 @@ class MinGRU(nn.Module):
         if x.shape[1] == 1:  # one token: the recurrence itself, O(1)
             h = update if h0 is None else log_forget.exp() * h0.unsqueeze(1) + update
         else:
-            with torch.autocast(x.device.type, enabled=False):  # the scan's matrix products stay fp32
-                h = linear_scan(log_forget, update, h0, self.block)
+            h = linear_scan(log_forget, update, h0, self.block)
         return h.to(projected.dtype), h[:, -1]
 
 
