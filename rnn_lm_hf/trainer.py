@@ -21,7 +21,7 @@ import evaluate
 import torch
 from accelerate.utils.operations import ConvertOutputsToFp32
 from torch.utils.data import SequentialSampler
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments, get_scheduler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .data import StreamSegments
@@ -40,6 +40,7 @@ STATE_FILE = "rnn_state_{process}.pt"
 NT_ASGD_FILE = "nt_asgd.pt"
 # Written last into a checkpoint folder: a folder without it was cut short by a kill and is never resumed from.
 COMPLETE_MARKER = "checkpoint_complete"
+TIME_SCHEDULE_STEPS = 10_000  # the resolution of a schedule run over a time budget (`--lr_schedule_over_time`)
 STREAM_KEYS = ("stream_id", "segment_id")
 
 
@@ -53,6 +54,14 @@ class RNNLMTrainingArguments(TrainingArguments):
     )
     lr_decay_start_epoch: int = field(
         default=1, metadata={"help": "Epochs at the initial learning rate (Zaremba: 4)."}
+    )
+    lr_schedule_over_time: bool = field(
+        default=False,
+        metadata={
+            "help": "With --max_train_minutes: run the --lr_scheduler_type schedule (and its warmup) over the time "
+            "budget, by the fraction of it elapsed, instead of over num_train_epochs' steps, which a time budget "
+            "cuts short at an unknown step (linear: the learning rate reaches 0 as the budget ends)."
+        },
     )
 
     activation_regularization: float = field(
@@ -88,6 +97,8 @@ class RNNLMTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
             raise ValueError(f"--lr_decay must be in (0, 1], got {self.lr_decay}.")
+        if self.lr_decay is not None and self.lr_schedule_over_time:
+            raise ValueError("--lr_decay and --lr_schedule_over_time are two schedules: choose one.")
         for name in ("activation_regularization", "temporal_activation_regularization"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
@@ -224,13 +235,18 @@ class CSVLogCallback(TrainerCallback):
 
 class TimeBudgetCallback(TrainerCallback):
     """Ends training after `minutes` of wall time, with a checkpoint and an evaluation, as if the epochs had run out
-    (a GPU lease or a job slot with a hard limit). The learning-rate schedule is not rescaled."""
+    (a GPU lease or a job slot with a hard limit). The learning-rate schedule follows the budget only with
+    `--lr_schedule_over_time`. A resumed run gets the whole budget again."""
 
     def __init__(self, minutes: float):
         self.seconds, self.start = 60 * minutes, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
+
+    def fraction(self) -> float:
+        """The part of the budget spent, 0 before training starts, at most 1."""
+        return 0.0 if self.start is None else min(1.0, (time.monotonic() - self.start) / self.seconds)
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.start > self.seconds and not control.should_training_stop:
@@ -247,6 +263,29 @@ def epoch_decay_lambda(steps_per_epoch: int, decay: float, start_epoch: int):
         return decay ** max(0, step // steps_per_epoch + 1 - start_epoch)
 
     return factor
+
+
+def time_schedule(args: TrainingArguments, optimizer, budget: TimeBudgetCallback) -> torch.optim.lr_scheduler.LambdaLR:
+    """`args.lr_scheduler_type`'s schedule with the elapsed fraction of `budget` as its progress: transformers'
+    schedule over TIME_SCHEDULE_STEPS virtual steps, read at the step the elapsed fraction reaches."""
+    schedule = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=args.get_warmup_steps(TIME_SCHEDULE_STEPS),
+        num_training_steps=TIME_SCHEDULE_STEPS,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+        raise ValueError(
+            f"--lr_schedule_over_time needs a schedule of the step count, not {args.lr_scheduler_type!r}: "
+            "use linear, cosine, polynomial, constant_with_warmup, ..."
+        )
+    by_step = schedule.lr_lambdas
+
+    def factor(group: int):
+        return lambda _: by_step[group](round(budget.fraction() * TIME_SCHEDULE_STEPS))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor(group) for group in range(len(by_step))])
 
 
 class RNNLMTrainer(FP32Evaluation, Trainer):
@@ -280,6 +319,14 @@ class RNNLMTrainer(FP32Evaluation, Trainer):
         return super()._get_train_sampler(train_dataset) if train_dataset is not None else super()._get_train_sampler()
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None and getattr(self.args, "lr_schedule_over_time", False):
+            budget = next((c for c in self.callback_handler.callbacks if isinstance(c, TimeBudgetCallback)), None)
+            if budget is None:
+                raise ValueError(
+                    "--lr_schedule_over_time runs the schedule over the time budget: set --max_train_minutes."
+                )
+            self.lr_scheduler = time_schedule(self.args, optimizer or self.optimizer, budget)
+            return self.lr_scheduler
         lr_decay = getattr(self.args, "lr_decay", None)  # plain TrainingArguments have no epoch-wise decay
         if lr_decay is None or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)

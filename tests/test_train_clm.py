@@ -362,6 +362,26 @@ def test_plot_training_curves(tmp_path):
     assert main(["plot", str(tmp_path / "missing")]) == 2
 
 
+def test_schedule_over_the_time_budget_decays_to_zero_as_the_budget_ends(tmp_path, corpus):
+    """`--lr_schedule_over_time`: a linear schedule whose progress is the elapsed part of --max_train_minutes, not of
+    the 1000 epochs asked for (over those, it would barely move before the budget stops the run)."""
+    train_clm.main(
+        tiny_run_args(corpus, tmp_path, "--num_train_epochs", "1000", "--max_train_minutes", str(3 / 60),
+                      "--lr_scheduler_type", "linear", "--lr_schedule_over_time", "True", "--logging_steps", "1",
+                      "--eval_strategy", "no", "--save_strategy", "no", "--num_samples", "0")
+    )  # fmt: skip
+    with (tmp_path / "training_log.csv").open() as handle:
+        rates = [float(row["value"]) for row in csv.DictReader(handle) if row["name"] == "learning_rate"]
+    assert len(rates) > 20 and rates[0] > 0.009  # --learning_rate 0.01, from the first step
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+    assert rates[-1] < 0.0005 and any(0.003 < rate < 0.007 for rate in rates)  # through the middle, down to ~0
+
+
+def test_schedule_over_time_needs_a_time_budget(tmp_path, corpus):
+    with pytest.raises(ValueError, match="set --max_train_minutes"):
+        train_clm.main(tiny_run_args(corpus, tmp_path, "--lr_schedule_over_time", "True"))
+
+
 def test_time_budget_stops_with_checkpoint_and_evaluation(tmp_path, corpus):
     budget_s = 1.0
     start = time.monotonic()

@@ -99,7 +99,14 @@ def parse_arguments(
             "nothing to train on: pass --train_file FILE (or --dataset_name NAME) and --output_dir DIR, or a config "
             "file such as training/configs/ptb_small_zaremba.json; `rnn-lm demo` trains the built-in demo"
         )
-    return parse_script_args((ModelArguments, DataArguments, RNNLMTrainingArguments, RunArguments), argv, CLM_DEFAULTS)
+    parsed = parse_script_args(
+        (ModelArguments, DataArguments, RNNLMTrainingArguments, RunArguments), argv, CLM_DEFAULTS
+    )
+    if parsed[2].lr_schedule_over_time and parsed[3].max_train_minutes is None:
+        raise ValueError(
+            "--lr_schedule_over_time runs the schedule over the time budget: set --max_train_minutes too."
+        )
+    return parsed
 
 
 def build_datasets(raw, tokenizer, data_args: DataArguments, training_args: TrainingArguments) -> dict:
