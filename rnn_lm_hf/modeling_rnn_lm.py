@@ -370,12 +370,17 @@ def blocked_scan(log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, 
         steps = steps.triu() if reverse else steps.tril()
         decay = (steps @ log_a.view(batch, blocks, block, hidden)).exp_()  # A_t, from the block's start
         inner = steps @ (b.view(batch, blocks, block, hidden) / decay)  # (batch, blocks, block, hidden)
-    edge = 0 if reverse else -1  # the step that hands a block's state on
-    carry = h0
-    for j in range(blocks - 1, -1, -1) if reverse else range(blocks):  # the state entering each block
-        if carry is not None:
-            inner[:, j] += carry.unsqueeze(1)
-        carry = decay[:, j, edge] * inner[:, j, edge]
+    if blocks > 1 or h0 is not None:  # the state entering each block, carried from block to block
+        edge = 0 if reverse else -1  # the step that hands a block's state on
+        block_decay = decay[:, :, edge]  # (batch, blocks, hidden)
+        handed = block_decay * inner[:, :, edge]  # what a block hands on from its own inputs
+        carries = torch.zeros_like(handed)
+        order = list(range(blocks - 1, -1, -1) if reverse else range(blocks))
+        if h0 is not None:
+            carries[:, order[0]] = h0
+        for j, after in zip(order, order[1:]):
+            torch.addcmul(handed[:, j], block_decay[:, j], carries[:, j], out=carries[:, after])
+        inner += carries.unsqueeze(2)
     h = inner.mul_(decay).view(batch, blocks * block, hidden)
     return h[:, blocks * block - length :] if reverse else h[:, :length]
 
@@ -476,10 +481,11 @@ class MinGRU(nn.Module):
         """One direction: outputs (batch, seq_len, hidden) in the projection's dtype, final state (batch, hidden) fp32."""
         projected = nn.functional.linear(x, weight, bias)  # (batch, seq_len, 2 * hidden), bf16 under autocast
         gate, candidate = projected.float().chunk(2, -1)
-        # Written with relu rather than clamp / where, whose backward passes are several times slower on a CPU:
+        # With relu, not clamp / where, whose backward passes are several times slower on a CPU: min(x, c) = x - relu(x - c).
         # log(1 - z_t) = log sigmoid(-min(gate, max_gate)), floored at min_log_forget; g(x) = relu(x) + sigmoid(min(x, 0)).
-        log_forget = torch.sigmoid((self.max_gate - gate).relu() - self.max_gate).log()
-        update = torch.sigmoid(gate) * (candidate.relu() + torch.sigmoid(-(-candidate).relu()))
+        log_forget = torch.sigmoid((gate - self.max_gate).relu() - gate).log()
+        positive = candidate.relu()
+        update = torch.sigmoid(gate) * (positive + torch.sigmoid(candidate - positive))
         if mask is not None:  # a pad: z = 0, the state passes unchanged
             keep = mask.unsqueeze(-1)
             log_forget, update = log_forget * keep, update * keep
