@@ -43,12 +43,12 @@ def test_scan_and_its_gradients_are_the_recurrence_across_blocks(gate_bias, leng
     with torch.no_grad():
         cell.bias_ih_l0[:8] += gate_bias
     x = torch.randn(3, length, 6, requires_grad=True)
-    h0 = torch.randn(3, 8)  # any state, of either sign, continues exactly
+    h0 = torch.randn(3, 8, requires_grad=True)  # any state, of either sign, continues exactly
     output, h_n = cell(x, h0.unsqueeze(0))
     expected = recurrence(cell, x, h0)
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h_n[0], expected[:, -1], atol=1e-5, rtol=1e-5)
-    weights = [x, cell.weight_ih_l0, cell.bias_ih_l0]
+    weights = [x, cell.weight_ih_l0, cell.bias_ih_l0, h0]  # the scan's own backward, down to the entering state
     grads = torch.autograd.grad((output * torch.linspace(-1, 1, 8)).sum(), weights)
     expected_grads = torch.autograd.grad((expected * torch.linspace(-1, 1, 8)).sum(), weights)
     for grad, expected_grad in zip(grads, expected_grads):
