@@ -249,7 +249,7 @@ class TimeBudgetCallback(TrainerCallback):
         return 0.0 if self.start is None else min(1.0, (time.monotonic() - self.start) / self.seconds)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.start > self.seconds and not control.should_training_stop:
+        if self.fraction() >= 1 and not control.should_training_stop:
             control.should_training_stop = True
             control.should_save = args.save_strategy != "no"
             control.should_evaluate = args.eval_strategy != "no"
