@@ -60,10 +60,9 @@ class NTASGDCallback(TrainerCallback):
                 self.start(model, state.global_step)
             return
         self.num_averaged += 1
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                # running mean: avg += (w - avg) / n
-                self.average[name].add_(param.detach() - self.average[name], alpha=1 / self.num_averaged)
+        names, params = zip(*model.named_parameters())
+        with torch.no_grad():  # running mean avg += (w - avg) / n, every parameter in one foreach kernel
+            torch._foreach_lerp_([self.average[name] for name in names], list(params), 1 / self.num_averaged)
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")

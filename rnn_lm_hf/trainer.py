@@ -346,6 +346,8 @@ class RNNLMTrainer(FP32Evaluation, Trainer):
             if model.training and cache is not None:
                 self.reset_some_states(cache, len(stream_ids))
             inputs = {**inputs, "cache": cache, "use_cache": True}
+            if "attention_mask" in inputs and bool(inputs["attention_mask"].all()):
+                del inputs["attention_mask"]  # unpadded (all but a stream's last window): no graph break on it
         regularize = model.training and (self.ar_alpha > 0 or self.tar_beta > 0)
         if regularize:
             inputs = {**inputs, "output_hidden_states": True}
