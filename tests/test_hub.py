@@ -698,9 +698,11 @@ def test_docs_offline_push_shell_session(model_dir, tmp_path):
     # TMPDIR: the session's `mktemp -d` (its throwaway HF_HOME) is made in tmp_path, not left in /tmp.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env = subprocess_env(tmp_path, PATH=path, TMPDIR=str(tmp_path))
+    # Ctrl-C must reach the server as in a terminal, even when pytest itself was started with SIGINT ignored (as a
+    # background job of a non-interactive shell is), a disposition that children would inherit.
     server = subprocess.Popen(
         ["bash", "-c", server_script], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         url = server.stdout.readline().strip()
