@@ -71,6 +71,28 @@ def test_carried_state_equals_one_long_forward(tmp_path, cell_type):
 
 
 @torch.no_grad()
+def test_stateful_batches_pass_the_mask_only_where_a_window_is_padded(tmp_path):
+    """An all-ones mask is dropped before the model call, so a compiled forward has no data-dependent branch on it;
+    a stream's padded last window keeps its mask."""
+    model = RNNLMForCausalLM(make_config()).eval()
+    segments = StreamSegments(torch.randint(3, 99, (203,)), bptt=7, per_device_batch_size=3)
+    trainer = trainer_for(model, tmp_path, per_device_eval_batch_size=3, per_device_train_batch_size=3)
+    masks, forward = [], model.forward
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attention_mask"))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    batches = list(DataLoader(segments, batch_size=3, collate_fn=default_data_collator))
+    padded = [not bool(batch["attention_mask"].all()) for batch in batches]
+    for batch in batches:
+        trainer.compute_loss(model, batch)
+    assert padded[-1] and not any(padded[:-1])
+    assert [mask is not None for mask in masks] == padded
+
+
+@torch.no_grad()
 def test_block_perplexity_is_token_weighted(tmp_path):
     model = RNNLMForCausalLM(make_config()).eval()
     stream = torch.randint(3, 99, (53,))
