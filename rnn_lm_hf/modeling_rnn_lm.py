@@ -249,15 +249,12 @@ def softmax_cross_entropy_rows(
 ) -> torch.Tensor:
     """Each row's cross-entropy (fp32); given `grad`, also writes `weights * (softmax - one-hot)` into it (the logits'
     dtype). One exp per logit, in fp32."""
-    scores = logits.float()
-    top = scores.amax(-1, keepdim=True)
-    exp = (scores - top).exp_()
+    top = logits.amax(-1, keepdim=True).float()
+    exp = (logits - top).exp_()  # fp32 (top is), without an fp32 copy of the logits
     total = exp.sum(-1, keepdim=True)
-    losses = (top + total.log() - scores.gather(1, targets)).squeeze(1)
-    if grad is not None:
-        softmax = exp.div_(total)
-        softmax.scatter_add_(1, targets, softmax.new_full(targets.shape, -1.0))
-        grad.copy_(softmax.mul_(weights))
+    losses = (top + total.log() - logits.gather(1, targets).float()).squeeze(1)
+    if grad is not None:  # weights * softmax - weights * one-hot, in one pass over the exps
+        grad.copy_(exp.mul_(weights / total).scatter_add_(1, targets, -weights))
     return losses
 
 
@@ -293,6 +290,10 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
+        # The loss is nearly always differentiated as it is: then skip a pass over (tokens, vocab), which on a CPU costs
+        # as much as the softmax's own (the check is free there; elsewhere it would wait for the device).
+        if grad_output.device.type == "cpu" and not torch.compiler.is_compiling() and grad_output.item() == 1.0:
+            return grad, None, None, None
         return grad * grad_output.to(grad.dtype), None, None, None
 
 

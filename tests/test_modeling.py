@@ -236,9 +236,11 @@ def test_causal_lm_loss_is_token_mean_cross_entropy_shifted_inside(tiny_config):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_items_in_batch", [None, 23])
-def test_causal_lm_loss_equals_transformers_loss_and_its_gradient(dtype, num_items_in_batch):
+@pytest.mark.parametrize("scale", [1.0, 3.0])  # 1: the backward hands over the forward's gradient as it is
+def test_causal_lm_loss_equals_transformers_loss_and_its_gradient(dtype, num_items_in_batch, scale):
     """The head's loss (one exp per logit, the gradient made in the forward pass, no fp32 copy of bf16 logits) gives
-    transformers' ForCausalLMLoss value and gradient, across row blocks, ignored targets and num_items_in_batch."""
+    transformers' ForCausalLMLoss value and gradient, across row blocks, ignored targets and num_items_in_batch, also
+    when the graph is kept and differentiated twice."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     from rnn_lm_hf.modeling_rnn_lm import LOSS_BLOCK_ELEMENTS, causal_lm_loss
@@ -249,9 +251,11 @@ def test_causal_lm_loss_equals_transformers_loss_and_its_gradient(dtype, num_ite
     labels = torch.randint(0, vocab, (4, seq_len))
     labels[0, :5] = labels[2, -3:] = -100
     got = causal_lm_loss(logits, labels, vocab, num_items_in_batch=num_items_in_batch)
-    (got_grad,) = torch.autograd.grad(3 * got, logits)
+    (got_grad,) = torch.autograd.grad(scale * got, logits, retain_graph=True)
+    (again,) = torch.autograd.grad(scale * got, logits)
     want = ForCausalLMLoss(logits, labels, vocab, num_items_in_batch=num_items_in_batch)
-    (want_grad,) = torch.autograd.grad(3 * want, logits)
+    (want_grad,) = torch.autograd.grad(scale * want, logits)
+    torch.testing.assert_close(again, got_grad, rtol=0, atol=0)
     assert got.dtype == torch.float32 and got_grad.dtype == dtype
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     # bf16: the gradient is rounded to bf16 once (transformers' path rounds it too, at the cast back)
