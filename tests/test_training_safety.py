@@ -5,6 +5,7 @@ import errno
 import functools
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from rnn_lm_hf.trainer import (
     RNNLMTrainer,
     last_complete_checkpoint,
 )
-from rnn_lm_hf.training import train_token_classification
+from rnn_lm_hf.training import scaffold, train_token_classification
 from rnn_lm_hf.training.scaffold import (
     CLM_DEFAULTS,
     FINETUNE_DEFAULTS,
@@ -221,14 +222,43 @@ def test_default_threads_honour_omp_num_threads(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only machine without --use_cpu is the case")
-def test_threads_option_and_cpu_runs_without_pinned_memory(tmp_path):
+def test_threads_option_and_cpu_runs_without_pinned_memory(tmp_path, monkeypatch):
     assert set_threads(2) == 2 and torch.get_num_threads() == 2
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none")  # no --use_cpu: the device decides
     assert args.dataloader_pin_memory and args.device.type == "cpu"
+    monkeypatch.setattr(scaffold, "reuse_freed_memory", lambda: calls.append("reuse") or True)
+    calls = []
     apply_run_arguments(RunArguments(threads=1), args)
-    assert torch.get_num_threads() == 1 and not args.dataloader_pin_memory
+    assert torch.get_num_threads() == 1 and not args.dataloader_pin_memory and calls == ["reuse"]
+    apply_run_arguments(RunArguments(threads=1, reuse_freed_memory=False), args)
+    assert calls == ["reuse"]
     with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
         RunArguments(threads=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is the case")
+def test_reuse_freed_memory_stops_each_step_faulting_its_buffers_in_again():
+    """After `reuse_freed_memory()`, a large tensor allocated and freed again and again (a step's logits) reuses the
+    same pages instead of page-faulting fresh ones in every time, as glibc's default does above its mmap threshold."""
+    script = """
+import resource, torch
+from rnn_lm_hf.training.scaffold import reuse_freed_memory
+def faults():
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.empty(2**24).fill_(1.0)  # 64 MiB, above glibc's largest dynamic mmap threshold (32 MiB)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+before = faults()
+applied = reuse_freed_memory()
+faults()  # the heap grows once
+print(applied, before, faults())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    applied, before, after = result.stdout.split()
+    if applied != "True":
+        pytest.skip("this C library has no glibc mallopt")
+    assert int(before) > 10 * 2**24 * 4 // 4096 // 2  # each round faulted most of its 16,384 pages in
+    assert int(after) < int(before) // 20
 
 
 def test_resuming_a_tied_lm_reports_no_missing_head(tmp_path):
