@@ -46,6 +46,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback
 
 from rnn_lm_hf import RNNLMConfig, RNNLMForCausalLM  # noqa: E402
 from rnn_lm_hf.modeling_rnn_lm import CACHE_FIELD, causal_lm_loss  # noqa: E402
+from rnn_lm_hf.training.scaffold import reuse_freed_memory  # noqa: E402
 
 
 MEMORY_PROMPTS = (64, 1024, 8192)  # decoding peak memory is measured after prompts of these lengths (issue 14)
@@ -1274,6 +1275,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     settings = resolve_settings(args)
     torch.manual_seed(settings["seed"])
+    # The training scripts keep freed memory for reuse on a CPU (`--reuse_freed_memory`); the allocator is the
+    # process's, so every row here, ours and bare, runs with it.
+    reused = device.type == "cpu" and reuse_freed_memory()
 
     models = build_models(settings, device)
     parameters = {name: count_parameters(model) for name, model in models.items()}
@@ -1281,7 +1285,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise RuntimeError(f"Models differ in size, the comparison would be unfair: {parameters}")
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "environment": environment(device),
+        "environment": {**environment(device), "reuse_freed_memory": reused},
         "settings": settings,
         "parameters": parameters,
         "checks": {"max_loss_difference": check_same_loss(models, settings, device)},
