@@ -226,8 +226,8 @@ def test_threads_option_and_cpu_runs_without_pinned_memory(tmp_path, monkeypatch
     assert set_threads(2) == 2 and torch.get_num_threads() == 2
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none")  # no --use_cpu: the device decides
     assert args.dataloader_pin_memory and args.device.type == "cpu"
-    monkeypatch.setattr(scaffold, "reuse_freed_memory", lambda: calls.append("reuse") or True)
     calls = []
+    monkeypatch.setattr(scaffold, "reuse_freed_memory", lambda: calls.append("reuse") or True)
     apply_run_arguments(RunArguments(threads=1), args)
     assert torch.get_num_threads() == 1 and not args.dataloader_pin_memory and calls == ["reuse"]
     apply_run_arguments(RunArguments(threads=1, reuse_freed_memory=False), args)

@@ -2,7 +2,8 @@
 
 - the command line: `script.py [args.json|args.yaml] [--flag value ...]` (`parse_script_args`), per-script defaults
   for the options not given, and `run_main`, which turns bad input into one `error:` line;
-- `RunArguments` (threads, what to do on a non-finite loss, when to stop) and the callbacks they ask for;
+- `RunArguments` (threads, the CPU allocator, what to do on a non-finite loss, when to stop) and the callbacks they
+  ask for;
 - `ModelArguments`, the tokenizer (`get_tokenizer`) and the model (`build_model`): new from a config, or loaded from a
   checkpoint, also into another head (transfer: the shared `model.*` weights load, the new head starts fresh).
 
