@@ -248,6 +248,7 @@ def _card_context(
         *(["lample2016"] if config.use_crf and run["task"] == "token-classification" else []),
         *(["merity2018"] if uses_awd_lstm(config, arguments) else []),
         *(["howard2018"] if uses_ulmfit(config, arguments, run["task"]) else []),
+        *(["grave2017"] if config.softmax_cutoffs and run["task"] == "causal-lm" else []),
     ]
     labels = config.id2label or {}
     return {
@@ -397,6 +398,13 @@ CITATIONS = {
   author    = {Merity, Stephen and Keskar, Nitish Shirish and Socher, Richard},
   booktitle = {International Conference on Learning Representations},
   year      = {2018}
+}""",
+    "grave2017": """@inproceedings{grave2017efficient,
+  title     = {Efficient softmax approximation for {GPU}s},
+  author    = {Grave, Edouard and Joulin, Armand and Ciss{\\'e}, Moustapha and Grangier, David and J{\\'e}gou, Herv{\\'e}},
+  booktitle = {Proceedings of ICML},
+  pages     = {1302--1310},
+  year      = {2017}
 }""",
     "howard2018": """@inproceedings{howard2018universal,
   title     = {Universal Language Model Fine-tuning for Text Classification},

@@ -297,6 +297,23 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None, None, None
 
 
+def lm_targets(
+    labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
+    num_items_in_batch: torch.Tensor | int | None,
+    ignore_index: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM's flat next-token targets and the loss's divisor, as transformers' `ForCausalLMLoss` makes them:
+    `labels` are shifted here, `shift_labels` are not; the divisor is `num_items_in_batch` when the Trainer gives it,
+    else the number of targets that are not `ignore_index`."""
+    if shift_labels is None:
+        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    targets = shift_labels.reshape(-1).to(device)
+    divisor = (targets != ignore_index).sum() if num_items_in_batch is None else num_items_in_batch
+    return targets, torch.as_tensor(divisor, dtype=torch.float32, device=device)
+
+
 def causal_lm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor | None,
@@ -306,15 +323,62 @@ def causal_lm_loss(
     shift_labels: torch.Tensor | None = None,
     **kwargs,
 ) -> torch.Tensor:
-    """transformers' `ForCausalLMLoss` (same arguments, same value: `labels` are shifted here, `shift_labels` are
-    not; summed and divided by `num_items_in_batch` when the Trainer gives it, else averaged), computed by
-    `SoftmaxCrossEntropy` from logits of any dtype instead of an fp32 copy."""
-    if shift_labels is None:
-        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    targets = shift_labels.reshape(-1).to(logits.device)
-    divisor = (targets != ignore_index).sum() if num_items_in_batch is None else num_items_in_batch
-    divisor = torch.as_tensor(divisor, dtype=torch.float32, device=logits.device)
+    """transformers' `ForCausalLMLoss` (same arguments, same value: summed and divided by `num_items_in_batch` when the
+    Trainer gives it, else averaged), computed by `SoftmaxCrossEntropy` from logits of any dtype instead of an fp32
+    copy."""
+    targets, divisor = lm_targets(labels, shift_labels, num_items_in_batch, ignore_index, logits.device)
     return SoftmaxCrossEntropy.apply(logits.reshape(-1, vocab_size), targets, divisor, ignore_index)
+
+
+@torch.compiler.disable  # which rows a cluster scores depends on the data: eager, between compiled graphs
+def adaptive_softmax_loss(
+    features: torch.Tensor,
+    lm_head: nn.Linear,
+    cluster_head: nn.Linear,
+    cutoffs: list[int],
+    labels: torch.Tensor | None,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    shift_labels: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """`causal_lm_loss` of the adaptive softmax (`config.softmax_cutoffs`) from the features the output layer reads,
+    without the whole vocabulary's logits: the head scores every position over the frequent tokens and the clusters,
+    and each cluster's softmax only the positions whose target is in it (AWD-LSTM's `SplitCrossEntropyLoss`).
+    -log p(token) = -log p_head(its cluster) - log p_cluster(token), so the value equals the cross-entropy of
+    `RNNLMForCausalLM.logits`."""
+    targets, divisor = lm_targets(labels, shift_labels, num_items_in_batch, ignore_index, features.device)
+    features = features.reshape(-1, features.shape[-1])
+    bounds = [*cutoffs, lm_head.out_features]
+    head = cutoffs[0]
+    # 0: the head's own tokens (and ignored targets, which are negative); k: the k-th cluster
+    cluster = torch.bucketize(targets, targets.new_tensor(bounds), right=True)
+    head_targets = torch.where(cluster == 0, targets, head + cluster - 1)
+    weight, bias = lm_head.weight, lm_head.bias
+    head_weight = torch.cat([weight[:head], cluster_head.weight])
+    head_bias = None if bias is None else torch.cat([bias[:head], cluster_head.bias])
+    head_logits = nn.functional.linear(features, head_weight, head_bias)
+    loss = SoftmaxCrossEntropy.apply(head_logits, head_targets, divisor, ignore_index)
+    for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+        rows = (cluster == k).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        logits = nn.functional.linear(features[rows], weight[start:end], None if bias is None else bias[start:end])
+        loss = loss + SoftmaxCrossEntropy.apply(logits, targets[rows] - start, divisor, ignore_index)
+    return loss
+
+
+def adaptive_log_probs(scores: torch.Tensor, cluster_scores: torch.Tensor, cutoffs: list[int]) -> torch.Tensor:
+    """The adaptive softmax's log-probabilities of every token (fp32), from the output layer's scores (..., vocab) and
+    the cluster scores (..., clusters): each cluster's log-softmax plus the head's log-probability of the cluster."""
+    head = cutoffs[0]
+    head_log_probs = torch.cat([scores[..., :head], cluster_scores], -1).float().log_softmax(-1)
+    bounds = [*cutoffs, scores.shape[-1]]
+    parts = [head_log_probs[..., :head]]
+    for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        cluster = head_log_probs[..., head + k, None]
+        parts.append(scores[..., start:end].float().log_softmax(-1) + cluster)
+    return torch.cat(parts, -1)
 
 
 class RNNLMTokenSpelling(nn.Module):
@@ -988,6 +1052,9 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         # Project hidden -> embedding size so the softmax can share the embedding matrix (Press & Wolf 2017).
         self.projection = nn.Linear(config.lm_feature_size, config.input_size) if config.needs_projection else None
         self.lm_head = nn.Linear(config.lm_input_size, config.vocab_size)
+        # The adaptive softmax's cluster scores: the head softmax's entries beside the frequent tokens.
+        cutoffs = config.softmax_cutoffs
+        self.cluster_head = nn.Linear(config.lm_input_size, len(cutoffs)) if cutoffs else None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -1083,12 +1150,29 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         model_inputs["attention_mask"] = None if decoding else attention_mask
         return model_inputs
 
+    def lm_features(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """What the output layer reads: one direction's features, through the projection to the tied embedding size
+        when there is one."""
+        return hidden_states if self.projection is None else self.projection(hidden_states)
+
     def logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The output layer: one direction's features (..., lm_feature_size) to logits (..., vocab_size), through the
-        projection to the tied embedding size when there is one. Every path to logits goes through here."""
-        if self.projection is not None:
-            hidden_states = self.projection(hidden_states)
-        return self.lm_head(hidden_states)
+        """The output layer: one direction's features (..., lm_feature_size) to logits (..., vocab_size); with an
+        adaptive softmax, the log-probabilities of every token. Every path to logits goes through here."""
+        features = self.lm_features(hidden_states)
+        scores = self.lm_head(features)
+        if self.cluster_head is None:
+            return scores
+        return adaptive_log_probs(scores, self.cluster_head(features), self.config.softmax_cutoffs)
+
+    def lm_loss(self, hidden_states: torch.Tensor, logits: torch.Tensor | None, labels, **kwargs) -> torch.Tensor:
+        """The LM loss of one direction: from its logits, or, in an adaptive-softmax training step (no logits), from
+        the features, scoring each position's target cluster only."""
+        if logits is not None:
+            return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        features = self.lm_features(hidden_states)
+        return adaptive_softmax_loss(
+            features, self.lm_head, self.cluster_head, self.config.softmax_cutoffs, labels, **kwargs
+        )
 
     @staticmethod
     def backward_targets(input_ids: torch.LongTensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -1140,24 +1224,27 @@ class RNNLMForCausalLM(RNNLMPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         # A bidirectional LM: the forward half predicts the next token, the backward half the previous one.
         forward_states, *backward_states = hidden_states[:, keep].split(self.config.lm_feature_size, dim=-1)
-        logits = self.logits(forward_states)  # (batch, seq_len, vocab_size)
-        logits_backward = self.logits(backward_states[0]) if backward_states else None
+        backward_states = backward_states[0] if backward_states else None
+        has_labels = labels is not None or kwargs.get("shift_labels") is not None
+        # An adaptive softmax trains without the whole vocabulary's logits (that is what it saves).
+        with_logits = self.cluster_head is None or not (self.training and has_labels)
+        logits = self.logits(forward_states) if with_logits else None  # (batch, seq_len, vocab_size)
+        logits_backward = self.logits(backward_states) if with_logits and backward_states is not None else None
 
         loss = loss_forward = loss_backward = None
-        if labels is not None or kwargs.get("shift_labels") is not None:
+        if has_labels:
             for name, value in (("labels", labels), ("shift_labels", kwargs.get("shift_labels"))):
                 if value is not None:
                     check_labels(value, outputs.last_hidden_state.shape[:2], name)
             # **kwargs carries num_items_in_batch from Trainer, so gradient accumulation averages per token.
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            if logits_backward is not None:
+            loss = self.lm_loss(forward_states, logits, labels, **kwargs)
+            if backward_states is not None:
                 # Read right to left, the previous token is the next one: flip time and shift as usual.
                 targets = labels if labels is not None else self.backward_targets(input_ids, attention_mask)
                 kwargs.pop("shift_labels", None)
                 loss_forward = loss
-                loss_backward = self.loss_function(
-                    logits=logits_backward.flip(1), labels=targets.flip(1), vocab_size=self.config.vocab_size, **kwargs
-                )
+                flipped = None if logits_backward is None else logits_backward.flip(1)
+                loss_backward = self.lm_loss(backward_states.flip(1), flipped, targets.flip(1), **kwargs)
                 loss = (loss_forward + loss_backward) / 2
 
         output = RNNLMCausalLMOutput(

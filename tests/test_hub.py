@@ -193,16 +193,18 @@ def test_card_parses_and_model_index_equals_the_run_metrics(trained_dir):
 @pytest.mark.parametrize(
     ("change", "cited", "not_cited"),
     [
-        ({}, [], ["merity2018", "howard2018"]),
+        ({}, [], ["merity2018", "howard2018", "grave2017"]),
         ({"config": {"weight_drop": 0.5}}, ["merity2018"], ["howard2018"]),
         ({"arguments": {"nt_asgd": True}}, ["merity2018"], ["howard2018"]),
         ({"arguments": {"gradual_unfreezing": True}}, ["howard2018"], ["merity2018"]),
+        ({"config": {"softmax_cutoffs": [3]}}, ["grave2017"], ["merity2018"]),
     ],
-    ids=["plain", "weight-drop", "nt-asgd", "gradual-unfreezing"],
+    ids=["plain", "weight-drop", "nt-asgd", "gradual-unfreezing", "adaptive-softmax"],
 )
-def test_card_cites_awd_lstm_and_ulmfit_where_their_options_are_used(model_dir, change, cited, not_cited):
+def test_card_cites_awd_lstm_ulmfit_and_the_adaptive_softmax_where_used(model_dir, change, cited, not_cited):
     """AWD-LSTM (Merity et al. 2018) for its regularisers and NT-ASGD, ULMFiT (Howard & Ruder 2018) for its
-    fine-tuning tricks: cited when the run's config or arguments use them, and only then."""
+    fine-tuning tricks, Grave et al. 2017 for an LM's adaptive softmax: cited when the run's config or arguments use
+    them, and only then."""
     config = json.loads((model_dir / "config.json").read_text())
     (model_dir / "config.json").write_text(json.dumps({**config, **change.get("config", {})}))
     run = json.loads((model_dir / "run_info.json").read_text())
