@@ -25,7 +25,7 @@ def test_lm_recipe_parses_and_builds(name, tmp_path):
         extra += ["--model_name_or_path", str(tmp_path)]
     model_args, data_args, training_args, _ = train_clm.parse_arguments([str(path), *extra])
     if model_args.config_overrides:
-        config = RNNLMConfig(vocab_size=100)
+        config = RNNLMConfig(vocab_size=10000)  # PTB's: the adaptive softmax's cutoffs lie inside it
         config.update_from_string(model_args.config_overrides)
         model = RNNLMForCausalLM(config)
         if config.hidden_sizes:  # the AWD shape: the narrow last layer feeds the tied softmax directly
