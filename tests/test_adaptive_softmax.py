@@ -49,10 +49,7 @@ def test_training_step_equals_the_cross_entropy_of_the_log_probabilities(labels_
     through the head's usual loss) give the same loss and the same gradient for every weight."""
     model = adaptive_model(dropout_output=0.0)
     input_ids, labels = batch()
-    if labels_kind == "shift_labels":
-        labels = {"shift_labels": labels}
-    else:
-        labels = {"labels": labels}
+    labels = {labels_kind: labels}
 
     def loss_and_grads(training: bool):
         model.train(training)
@@ -109,7 +106,7 @@ def test_cutoffs_from_config_overrides():
     assert config.softmax_cutoffs == [30]
 
 
-def test_train_clm_with_an_adaptive_softmax_reports_what_rnn_lm_evaluate_gives(tmp_path, corpus, capsys):
+def test_train_clm_with_an_adaptive_softmax_reports_what_rnn_lm_evaluate_gives(tmp_path, corpus, capsys):  # noqa: F811
     """The training script with `softmax_cutoffs` (bf16 on a CPU that has it, the defaults'): it learns, and the
     perplexity it reports is the one `rnn-lm evaluate` computes from the saved model's log-probabilities."""
     from rnn_lm_hf.cli import main as cli_main
