@@ -154,9 +154,10 @@ class RNNLMConfig(PretrainedConfig):
             `vocab_size`) share a head softmax, and each cluster's tokens have a softmax of their own, so a training
             step scores a rare token's cluster only at the positions whose target is in it. It needs ids in frequency
             order, as the package's word and char tokenizers make them: `[2000, 5000]` puts 87% of PTB's tokens in
-            the head and halves a 2x200 LM's CPU training step (BENCHMARKS 9). The output layer's weights and their
-            tying are unchanged; one score per cluster is added. `logits` are then the log-probabilities of the whole
-            vocabulary (a training forward with labels returns none). `None`: one softmax over the vocabulary.
+            the head, and a 2x200 LM then trains 1.45x the steps per minute on a CPU thread (BENCHMARKS 9). The
+            output layer's weights and their tying are unchanged; one score per cluster is added. `logits` are then
+            the log-probabilities of the whole vocabulary (a training forward with labels returns none). `None`: one
+            softmax over the vocabulary.
         initializer_range (`float`, *optional*, defaults to 0.1):
             Embeddings and output layer are drawn from `uniform(-initializer_range, initializer_range)`, the classic
             RNN-LM init (Zaremba et al. 2014 use 0.1 for the small model).

@@ -139,6 +139,9 @@ class RNNLMModelOutput(BaseModelOutputWithPast):
 @dataclass
 class RNNLMCausalLMOutput(CausalLMOutputWithPast):
     r"""
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`, *optional*):
+        The output layer's scores; with an adaptive softmax (`config.softmax_cutoffs`), the log-probabilities of every
+        token, and none in a training forward given labels (its loss scores each position's target cluster only).
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, output_size)`, *optional*):
         With `output_hidden_states=True`: the last layer's output after its dropout, the softmax's input before
         the optional projection (AWD-LSTM's activation regularisation penalises it).
