@@ -357,16 +357,20 @@ def adaptive_softmax_loss(
     # 0: the head's own tokens (and ignored targets, which are negative); k: the k-th cluster
     cluster = torch.bucketize(targets, targets.new_tensor(bounds), right=True)
     head_targets = torch.where(cluster == 0, targets, head + cluster - 1)
-    weight, bias = lm_head.weight, lm_head.bias
-    head_weight = torch.cat([weight[:head], cluster_head.weight])
-    head_bias = None if bias is None else torch.cat([bias[:head], cluster_head.bias])
+    # split, not slices: its backward writes the parts' gradients into one (vocab, width) tensor, where each slice's
+    # would fill a zero tensor of that size
+    sizes = [end - start for start, end in zip([0, *bounds[:-1]], bounds)]
+    weights = lm_head.weight.split(sizes)
+    biases = [None] * len(sizes) if lm_head.bias is None else lm_head.bias.split(sizes)
+    head_weight = torch.cat([weights[0], cluster_head.weight])
+    head_bias = None if biases[0] is None else torch.cat([biases[0], cluster_head.bias])
     head_logits = nn.functional.linear(features, head_weight, head_bias)
     loss = SoftmaxCrossEntropy.apply(head_logits, head_targets, divisor, ignore_index)
-    for k, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+    for k, start in enumerate(bounds[:-1], start=1):
         rows = (cluster == k).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        logits = nn.functional.linear(features[rows], weight[start:end], None if bias is None else bias[start:end])
+        logits = nn.functional.linear(features[rows], weights[k], biases[k])
         loss = loss + SoftmaxCrossEntropy.apply(logits, targets[rows] - start, divisor, ignore_index)
     return loss
 
