@@ -23,11 +23,12 @@ import datetime
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rnn_lm_hf.configuration_rnn_lm import RNNLMConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +75,10 @@ def our_command(args, files, recipe: str, run_dir: Path) -> list[str]:
     if args.smoke:  # the recipe's evaluation interval is longer than a whole tiny epoch
         command += ["--eval_steps", "5", "--save_steps", "5", "--logging_steps", "5"]
         # A few hundred lines hold ~1,600 word types: an adaptive softmax's PTB cutoffs would lie outside them.
-        overrides = json.loads(Path(recipe).read_text()).get("config_overrides") or ""
-        if "softmax_cutoffs=" in overrides:
-            command += ["--config_overrides", re.sub(r"softmax_cutoffs=[\d/]+", "softmax_cutoffs=200/500", overrides)]
+        overrides = json.loads(Path(recipe).read_text()).get("config_overrides")
+        if "softmax_cutoffs" in RNNLMConfig.parse_overrides(overrides):
+            overrides = RNNLMConfig.merge_overrides(overrides, {"softmax_cutoffs": "200/500"})
+            command += ["--config_overrides", overrides]
     return command
 
 

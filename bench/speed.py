@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -443,10 +442,12 @@ def recipe_trainer(corpus: Path, width: int, precision: str, compiled: bool, max
     recipe = json.loads(STEP_RECIPE.read_text())
     # One softmax over the vocabulary, as the bare loops have: the same arithmetic (the recipe's adaptive softmax
     # needs a frequency-ordered vocabulary, which the synthetic corpus has not; BENCHMARKS 9 times it on PTB).
-    overrides = re.sub(r"softmax_cutoffs=[\d/]+", "softmax_cutoffs=none", recipe["config_overrides"])
+    overrides = RNNLMConfig.merge_overrides(
+        recipe["config_overrides"], {"softmax_cutoffs": None, "hidden_size": width}
+    )
     argv = [
         str(STEP_RECIPE), "--output_dir", str(out_dir), "--train_file", str(corpus), "--validation_file", str(corpus),
-        "--test_file", str(corpus), "--config_overrides", f"{overrides},hidden_size={width}",
+        "--test_file", str(corpus), "--config_overrides", overrides,
         "--bf16", str(precision == "bf16").lower(), "--torch_compile", str(compiled).lower(),
         "--max_steps", str(max_steps), "--eval_strategy", "no", "--save_strategy", "no", "--nt_asgd", "false",
         "--do_eval", "false", "--do_predict", "false", "--disable_tqdm", "true", "--threads", str(torch.get_num_threads()),

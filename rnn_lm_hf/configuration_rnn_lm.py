@@ -471,6 +471,12 @@ class RNNLMConfig(PretrainedConfig):
             overrides[key] = value
         return overrides
 
+    @classmethod
+    def merge_overrides(cls, update_str: str | None, changes: dict) -> str:
+        """`update_str` with `changes` set (added, or replacing the same keys), in the same syntax."""
+        merged = {**cls.parse_overrides(update_str), **{key: str(value) for key, value in changes.items()}}
+        return ",".join(f"{key}={value}" for key, value in merged.items())
+
     # Derived values, computed here once so modules never re-derive them.
     @property
     def input_size(self) -> int:

@@ -156,3 +156,13 @@ def test_the_cell_table_drives_the_model_card_and_analysis(cell_type):
     state = cache_of(model.model(torch.tensor([[1, 2, 3]]), use_cache=True)).layers[0].recurrent_states[0]
     assert state.shape == (1, cell.num_states, 8)
     assert cell.citation.startswith("@") and cell.citation.endswith("}")  # BibTeX, cited by the card
+
+
+def test_merge_overrides_replaces_and_adds_keys_in_the_override_syntax():
+    merged = RNNLMConfig.merge_overrides(
+        "hidden_size=200,softmax_cutoffs=2000/5000", {"softmax_cutoffs": None, "x": 1}
+    )
+    assert merged == "hidden_size=200,softmax_cutoffs=None,x=1"
+    config = RNNLMConfig(vocab_size=10000)
+    config.update_from_string(RNNLMConfig.merge_overrides("softmax_cutoffs=2000/5000", {"hidden_size": 64}))
+    assert (config.softmax_cutoffs, config.hidden_size) == ([2000, 5000], 64)
