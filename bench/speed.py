@@ -16,6 +16,7 @@ Usage:
 """
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import importlib.util
@@ -26,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -376,51 +376,100 @@ STEP_PRECISIONS = ("fp32", "bf16")
 
 
 class Baton(TrainerCallback):
-    """Lets a Trainer's own loop run `chunk` optimizer steps at a time, in its own thread, whenever the bench hands it
-    the baton: so it is timed interleaved with the bare loops, with everything its loop does per step included."""
+    """Hands control back every `chunk` optimizer steps of a Trainer's own loop: `serve()` reports the chunk done and
+    says whether to run another, so the loop is timed chunk by chunk with everything it does per step included."""
 
-    def __init__(self, chunk: int):
-        self.chunk, self.go, self.done, self.last = chunk, threading.Event(), threading.Event(), False
+    def __init__(self, chunk: int, serve: Callable[[], bool]):
+        self.chunk, self.serve = chunk, serve
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.chunk == 0:
-            self.done.set()
-            self.go.wait()
-            self.go.clear()
-            control.should_training_stop = self.last
+        if state.global_step % self.chunk == 0 and not self.serve():
+            control.should_training_stop = True
 
 
-class TrainerChunks:
-    """`trainer.train()` in a thread; each call runs its next chunk of steps and returns when they are done."""
+class StepWorker:
+    """One step variant in a process of its own, in that process's main thread, as a user's run has it. The placement
+    of a loop moves its time by more than the 5% target (BENCHMARKS 9: the same bare loop took 1.14x as long in a
+    worker thread as in the main thread), so every variant, ours or bare, gets the same one. The workers set up side
+    by side; afterwards only the one handed the baton runs, while the others wait on their pipes."""
 
-    def __init__(self, trainer, chunk: int):
-        self.baton, self.error = Baton(chunk), None
-        trainer.add_callback(self.baton)
-        self.thread = threading.Thread(target=self.train, args=(trainer,), daemon=True)
-        self.thread.start()
-        self.wait()  # the first chunk: data loader, optimizer, compilation
+    def __init__(self, spec: dict):
+        self.name, self.log = spec["name"], Path(f"{spec['out_dir']}.log")
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+        command = [sys.executable, str(Path(__file__).resolve()), "--step-worker", json.dumps(spec)]
+        with self.log.open("w") as log:  # the child has its own copy of the file
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True
+            )
 
-    def train(self, trainer) -> None:
-        try:
-            trainer.train()
-        except BaseException as error:  # re-raised in the bench's thread
-            self.error = error
-            self.baton.done.set()
+    def read(self) -> dict:
+        """The worker's report at the end of a chunk (the first one is its warm-up chunk)."""
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            tail = "\n".join(self.log.read_text().splitlines()[-30:])
+            raise RuntimeError(f"the step worker {self.name} exited with {self.process.returncode}:\n{tail}")
+        return json.loads(line)
 
-    def wait(self) -> None:
-        self.baton.done.wait()
-        self.baton.done.clear()
-        if self.error is not None:
-            raise RuntimeError("the Trainer's loop failed in the bench") from self.error
+    def send(self, command: str) -> None:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
 
     def __call__(self) -> None:
-        self.baton.go.set()
-        self.wait()
+        """Runs the worker's next chunk and returns when it is done."""
+        self.send("go")
+        self.read()
 
-    def finish(self) -> None:
-        self.baton.last = True
-        self.baton.go.set()
-        self.thread.join()
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.send("stop")
+                self.process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+
+
+def step_worker(spec: dict) -> None:
+    """The worker side of `StepWorker` (`speed.py --step-worker SPEC`): builds its variant, visits every window
+    length once untimed, runs one warm-up chunk, then one chunk per "go" on stdin, reporting each on stdout."""
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what the libraries print (the Trainer's log lines) is logged
+    sys.stdout = sys.stderr
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    reuse_freed_memory()  # as train_clm.py does; the bare loops get the same allocator
+    transformers.logging.set_verbosity_error()
+    kind, precision, compiled, chunk = spec["kind"], spec["precision"], spec["compiled"], spec["chunk"]
+    trainer, dataset = recipe_trainer(
+        Path(spec["corpus"]), spec["width"], precision, compiled, spec["steps"], Path(spec["out_dir"])
+    )
+    config = trainer.model.config
+
+    def serve() -> bool:
+        channel.write(json.dumps({"tokens_per_step": dataset.batch_size * dataset.bptt}) + "\n")
+        return sys.stdin.readline().strip() == "go"
+
+    if kind == "word_language_model":  # fixed 35-token windows: its warm-up chunk meets its only shape
+        step = word_language_model_step(config, dataset, dataset.batch_size)
+    else:
+        # oneDNN builds a kernel for each new matrix shape (30-50 ms) the first time it meets one, and variable BPTT
+        # gives many window lengths: meet each once, untimed, so no chunk pays for it (one did, by up to 20%).
+        visit = bare_awd_step(config, dataset, trainer.args, precision, compiled=False)
+        lengths = {int(b - a): k for k, (a, b) in enumerate(zip(dataset.bounds[: spec["steps"]], dataset.bounds[1:]))}
+        for k in lengths.values():  # a window of each length
+            visit(k)
+    if kind == "ours":
+        trainer.add_callback(Baton(chunk, serve))
+        trainer.train()
+        return
+    if kind == "bare":
+        step = bare_awd_step(config, dataset, trainer.args, precision, compiled)
+    while True:
+        for _ in range(chunk):
+            step()
+        if not serve():
+            return
 
 
 def synthetic_corpus(path: Path, num_types: int, num_tokens: int, seed: int) -> Path:
@@ -511,13 +560,13 @@ def bare_awd_step(config: RNNLMConfig, dataset, args: TrainingArguments, precisi
     forward_loss = torch.compile(forward_loss) if compiled else forward_loss
     carried = {"segment": 0, "hidden": None}
 
-    def step() -> None:
-        k = carried["segment"]
+    def step(segment: int | None = None) -> None:  # the next window, or window `segment`
+        k = carried["segment"] if segment is None else segment
         carried["segment"] = (k + 1) % dataset.num_segments
         batch = dataset.segment(k)
         for group in optimizer.param_groups:
             group["lr"] = lr * batch["input_ids"].shape[1] / bptt
-        hidden = None if k == 0 else detach(carried["hidden"])
+        hidden = None if k == 0 or carried["hidden"] is None else detach(carried["hidden"])
         optimizer.zero_grad(set_to_none=True)
         loss, carried["hidden"] = forward_loss(batch["input_ids"], batch["shift_labels"], hidden)
         loss.backward()
@@ -551,10 +600,13 @@ def word_language_model_step(config: RNNLMConfig, dataset, batch_size: int):
 def bench_step(settings: dict, device: torch.device) -> dict:
     """ms per training step of the CPU budget recipe through our Trainer (train_clm.py's own objects), fp32 and bf16,
     eager and compiled, against AWD-LSTM's bare loop doing the same arithmetic and the plain word_language_model
-    step; every variant in interleaved chunks of the same windows, at each width of the preset."""
+    step; every variant in interleaved chunks of the same windows, each in its own process, at each width of the
+    preset."""
     if device.type != "cpu":
         raise ValueError("the step measurement is a CPU one (issue 24); run it with --device cpu")
     chunk, repeats = settings["step_chunk"], settings["step_repeats"]
+    suffixes = [f"{precision}{'_compiled' if mode == 'compiled' else ''}" for precision in STEP_PRECISIONS
+                for mode in settings["step_modes"]]  # fmt: skip
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         steps_needed = chunk * (repeats + 2) + 1
@@ -562,42 +614,33 @@ def bench_step(settings: dict, device: torch.device) -> dict:
             Path(tmp) / "corpus.txt", settings["vocab_size"] - 4, (steps_needed + 5) * 20 * 37, settings["seed"]
         )
         for width in STEP_WIDTHS[settings["sizes"]]:
-            runs, trainers = {}, []
-            for precision in STEP_PRECISIONS:
-                for compiled in (mode == "compiled" for mode in settings["step_modes"]):
-                    suffix = f"{precision}{'_compiled' if compiled else ''}"
-                    out_dir = Path(tmp) / f"ours_{width}_{suffix}"
-                    trainer, dataset = recipe_trainer(corpus, width, precision, compiled, steps_needed, out_dir)
-                    trainers.append(TrainerChunks(trainer, chunk))
-                    runs[f"ours_{suffix}"] = trainers[-1]
-                    bare = bare_awd_step(trainer.model.config, dataset, trainer.args, precision, compiled)
-                    for _ in range(chunk):  # the same warm-up chunk (and compilation) as the Trainer's first
-                        bare()
-                    runs[f"bare_{suffix}"] = lambda bare=bare: [bare() for _ in range(chunk)]
-            # oneDNN builds a kernel for each new matrix shape (30-50 ms) the first time it meets one, and variable
-            # BPTT gives many window lengths: visit every window once, untimed, so no variant pays for that in its
-            # timing (it did for whichever ran first, by up to 20% of a 10-step chunk).
-            for precision in STEP_PRECISIONS:
-                visit = bare_awd_step(trainer.model.config, dataset, trainer.args, precision, compiled=False)
-                for _ in range(steps_needed):
-                    visit()
-            wlm = word_language_model_step(trainer.model.config, dataset, dataset.batch_size)
-            runs["word_language_model"] = lambda wlm=wlm: [wlm() for _ in range(chunk)]
-            runs["word_language_model"]()
-            suffixes = [f"{precision}{'_compiled' if mode == 'compiled' else ''}" for precision in STEP_PRECISIONS
-                        for mode in settings["step_modes"]]  # fmt: skip
-            ms = {name: [] for name in runs}
-            # Each ours/bare pair runs back to back (the host's speed drifts from second to second, and the targets
-            # judge their per-repeat ratio), which one first alternating; the pairs rotate through the repeat.
-            groups = tuple((f"ours_{suffix}", f"bare_{suffix}") for suffix in suffixes) + (("word_language_model",),)
-            for repeat in range(repeats):
-                for group in rotated(groups, repeat):
-                    for name in group[:: -1 if repeat % 2 else 1]:
-                        start = time.perf_counter()
-                        runs[name]()
-                        ms[name].append(1000 * (time.perf_counter() - start) / chunk)
-            for chunks in trainers:
-                chunks.finish()
+            specs = {
+                f"{kind}_{suffix}": {"kind": kind, "precision": suffix[:4], "compiled": suffix.endswith("compiled")}
+                for suffix in suffixes
+                for kind in ("ours", "bare")
+            }
+            specs["word_language_model"] = {"kind": "word_language_model", "precision": "fp32", "compiled": False}
+            common = {"corpus": str(corpus), "width": width, "steps": steps_needed, "chunk": chunk}
+            common.update(threads=torch.get_num_threads(), seed=settings["seed"])
+            with contextlib.ExitStack() as stack:
+                runs = {}
+                for name, spec in specs.items():
+                    runs[name] = StepWorker({**spec, **common, "name": name, "out_dir": f"{tmp}/{name}_{width}"})
+                    stack.callback(runs[name].close)
+                ready = [worker.read() for worker in runs.values()]  # each has run its warm-up chunk
+                tokens_per_step = ready[0]["tokens_per_step"]
+                ms = {name: [] for name in runs}
+                # Each ours/bare pair runs back to back (the host's speed drifts from second to second, and the
+                # targets judge their per-repeat ratio), which one first alternating; the pairs rotate through the
+                # repeat.
+                groups = tuple((f"ours_{suffix}", f"bare_{suffix}") for suffix in suffixes)
+                groups += (("word_language_model",),)
+                for repeat in range(repeats):
+                    for group in rotated(groups, repeat):
+                        for name in group[:: -1 if repeat % 2 else 1]:
+                            start = time.perf_counter()
+                            runs[name]()
+                            ms[name].append(1000 * (time.perf_counter() - start) / chunk)
             ratios = {}
             for suffix in suffixes:
                 ratios[f"ours_{suffix}/bare_{suffix}"] = compare(ms[f"ours_{suffix}"], ms[f"bare_{suffix}"])
@@ -610,14 +653,15 @@ def bench_step(settings: dict, device: torch.device) -> dict:
             results[f"2x{width}"] = {
                 "ms_per_step": {name: summarize(values) for name, values in ms.items()},
                 "ratios": ratios,  # ms ratios: below 1 means the numerator is faster
-                "tokens_per_step": dataset.batch_size * dataset.bptt,
+                "tokens_per_step": tokens_per_step,
             }
     return {
         "recipe": str(STEP_RECIPE.relative_to(REPO_ROOT)),
         "chunk_steps": chunk,
         "repeats": repeats,
         "note": "ms per optimizer step; ours = RNNLMTrainer as train_clm.py builds it from the recipe (evaluation, "
-        "checkpoints and NT-ASGD off), bare = AWD-LSTM's loop with the same regularisation on the same windows",
+        "checkpoints and NT-ASGD off), bare = AWD-LSTM's loop with the same regularisation on the same windows; "
+        "each variant in the main thread of its own process",
         **results,
     }
 
@@ -1330,4 +1374,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--step-worker"]:  # a StepWorker's process
+        step_worker(json.loads(sys.argv[2]))
+    else:
+        main()

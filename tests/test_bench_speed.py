@@ -110,3 +110,16 @@ def test_compare_pairs_repeats(speed):
     assert ratio["median"] == 2.0 and ratio["min"] == 1.0 and ratio["max"] == 3.0
     assert ratio["ratio_of_medians"] == pytest.approx(4.0 / 3.0)
     assert speed.rotated(("a", "b", "c"), 1) == ["b", "c", "a"]
+
+
+def test_a_step_worker_that_fails_names_itself_and_shows_its_log(speed, tmp_path):
+    """Each step variant runs in a process of its own: when one dies, the bench says which and why, instead of
+    waiting on its pipe for ever."""
+    spec = {"name": "ours_fp32", "kind": "ours", "precision": "fp32", "compiled": False, "corpus": "missing.txt"}
+    spec.update(width=8, steps=3, chunk=1, threads=1, seed=0, out_dir=str(tmp_path / "ours"))
+    worker = speed.StepWorker(spec)
+    try:
+        with pytest.raises(RuntimeError, match=r"(?s)step worker ours_fp32 exited with 1:.*missing\.txt"):
+            worker.read()
+    finally:
+        worker.close()
