@@ -16,7 +16,6 @@ Usage:
 """
 
 import argparse
-import contextlib
 import datetime
 import importlib.metadata
 import importlib.util
@@ -29,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 
@@ -622,7 +621,7 @@ def bench_step(settings: dict, device: torch.device) -> dict:
             specs["word_language_model"] = {"kind": "word_language_model", "precision": "fp32", "compiled": False}
             common = {"corpus": str(corpus), "width": width, "steps": steps_needed, "chunk": chunk}
             common.update(threads=torch.get_num_threads(), seed=settings["seed"])
-            with contextlib.ExitStack() as stack:
+            with ExitStack() as stack:
                 runs = {}
                 for name, spec in specs.items():
                     runs[name] = StepWorker({**spec, **common, "name": name, "out_dir": f"{tmp}/{name}_{width}"})
