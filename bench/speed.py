@@ -434,7 +434,6 @@ def step_worker(spec: dict) -> None:
     length once untimed, runs one warm-up chunk, then one chunk per "go" on stdin, reporting each on stdout."""
     channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # what the libraries print (the Trainer's log lines) is logged
-    sys.stdout = sys.stderr
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
     reuse_freed_memory()  # as train_clm.py does; the bare loops get the same allocator
